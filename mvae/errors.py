@@ -14,3 +14,7 @@ class InputError(MVAEError, ValueError):
 
 class ModelFileError(MVAEError, OSError):
     """A saved model directory or checkpoint cannot be read safely."""
+
+
+class TrainingError(MVAEError, RuntimeError):
+    """Training cannot continue (a non-finite loss or gradient); the message names epoch and step."""

@@ -1,0 +1,75 @@
+"""Minibatches sliced from a count matrix already in memory, as torch tensors.
+
+No per-sample Python work: a batch is one ``index_select`` (dense) or a handful of vectorised
+gathers over CSR arrays (sparse). Sparse storage is used when the table's density is below
+``SPARSE_DENSITY`` (the first encoder layer and the likelihood then touch only the non-zeros).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = ["CountData", "SPARSE_DENSITY"]
+
+#: Tables sparser than this are kept sparse on the device.
+SPARSE_DENSITY = 0.05
+
+
+class CountData:
+    """A samples x features count matrix on a device, served in minibatches.
+
+    Parameters
+    ----------
+    X : scipy.sparse matrix or numpy.ndarray, shape (n, D)
+        Validated counts.
+    device : torch.device
+    dtype : torch.dtype
+    sparse : bool or None
+        Keep sparse on the device; ``None`` decides from the density.
+    """
+
+    def __init__(self, X, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 sparse: bool | None = None):
+        csr = sp.csr_matrix(X)
+        csr.sort_indices()
+        self.n_samples, self.n_features = csr.shape
+        density = csr.nnz / max(1, self.n_samples * self.n_features)
+        self.sparse = density < SPARSE_DENSITY if sparse is None else bool(sparse)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        if self.sparse:
+            self._indptr = torch.as_tensor(csr.indptr.astype(np.int64), device=self.device)
+            self._indices = torch.as_tensor(csr.indices.astype(np.int64), device=self.device)
+            self._values = torch.as_tensor(csr.data, dtype=dtype, device=self.device)
+        else:
+            self._dense = torch.as_tensor(csr.toarray(), dtype=dtype, device=self.device)
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows ``index`` (LongTensor, shape (B,)) as a (B, D) dense tensor or sparse COO tensor."""
+        index = index.to(self.device)
+        if not self.sparse:
+            return self._dense.index_select(0, index)
+        starts = self._indptr[index]  # (B,)
+        lengths = self._indptr[index + 1] - starts  # (B,)
+        B = index.shape[0]
+        rows = torch.repeat_interleave(torch.arange(B, device=self.device), lengths)  # (nnz_b,)
+        first = torch.cumsum(lengths, 0) - lengths  # position of each row's first entry
+        offset = torch.arange(rows.shape[0], device=self.device) - first[rows]
+        pos = starts[rows] + offset
+        coords = torch.stack([rows, self._indices[pos]])  # (2, nnz_b), sorted row-major
+        return torch.sparse_coo_tensor(coords, self._values[pos], (B, self.n_features),
+                                       is_coalesced=True)
+
+    def all(self) -> torch.Tensor:
+        """All rows (for small evaluation sets)."""
+        return self.batch(torch.arange(self.n_samples))
+
+    def chunks(self, size: int):
+        """Yield consecutive row batches of at most ``size`` rows, in order."""
+        for start in range(0, self.n_samples, size):
+            yield self.batch(torch.arange(start, min(start + size, self.n_samples)))

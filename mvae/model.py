@@ -1,0 +1,648 @@
+"""The user-facing multinomial VAE: fit / transform / score / sample / save / load.
+
+``MultinomialVAE`` owns data handling and training; the maths lives in
+:class:`mvae.modules.MultinomialVAEModule`. scikit-learn conventions: ``__init__`` only stores its
+arguments, ``fit`` checks them, learned state ends in ``_``.
+
+Results are reported in an ordered orthogonal form, as PCA users expect: W is identified only up to a
+rotation W ↦ WR, so with the SVD W̃ = U S Vᵀ the loadings are U S (columns ordered by variance
+explained) and the embeddings are E[z | x] V. Rotation-invariant quantities (W̃W̃ᵀ, the covariance,
+the subspace) do not depend on this choice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, ModelFileError
+
+__all__ = ["MultinomialVAE"]
+
+SCHEMA_VERSION = 1
+_FORMAT = "mvae.MultinomialVAE"
+_BASES = ("helmert", "balanced", "tree")
+
+
+def _anndata_type():
+    try:
+        import anndata
+    except ImportError:  # pragma: no cover - anndata is a dependency
+        return None
+    return anndata.AnnData
+
+
+def _is_anndata(X) -> bool:
+    cls = _anndata_type()
+    return cls is not None and isinstance(X, cls)
+
+
+class MultinomialVAE:
+    """Multinomial variational autoencoder with an ILR basis, for count tables.
+
+    Parameters
+    ----------
+    n_latent : int
+        Latent dimensions k (1 ≤ k < number of features).
+    encoder_depth : int
+        Linear maps in the encoder including its output head; 1 is a linear encoder.
+    n_hidden : int
+        Width of the encoder's hidden layers.
+    pseudocount : float
+        c in the encoder input log(x + c). The decoder never sees it.
+    objective : {"marginal", "sampled"}
+        ``marginal`` integrates z out analytically (learns σ and the spectrum of W);
+        ``sampled`` is catvae's form, kept for comparison.
+    basis : {"helmert", "balanced", "tree"}
+        ILR basis used to report loadings and covariances in balance coordinates. Training does not
+        depend on it (it runs in clr coordinates).
+    tree : str, path or skbio.TreeNode, optional
+        Newick tree over the features, required for ``basis="tree"``.
+    activation, dropout
+        Encoder nonlinearity and dropout.
+    n_mc_samples : int
+        Reparameterised draws per sample and step.
+    batch_size, max_epochs, learning_rate, early_stopping, patience, validation_fraction,
+    kl_warmup_epochs
+        Optimisation settings. Early stopping watches the held-out negative ELBO. ``max_epochs`` and
+        ``patience`` default to ``None``: chosen so that small and large tables get a comparable
+        number of optimiser steps (see ``_epoch_budget``).
+    random_state : int or None
+        Seed for initialisation, the validation split, shuffling and Monte Carlo noise. Same seed and
+        thread count give bitwise-equal results on the CPU.
+    threads : int or None
+        torch threads used during fit and inference (default: half the usable cores, at most 8).
+    device : {"cpu", "cuda", "auto"}
+    progress : bool
+        Show a progress bar during fit.
+
+    Attributes
+    ----------
+    module_ : MultinomialVAEModule
+    feature_ids_ : list of str
+        Features the model was fitted on (all-zero features dropped), in order.
+    history_ : pandas.DataFrame
+        Per-epoch train and validation loss (mean negative ELBO per sample, nats).
+    explained_variance_ : ndarray, shape (k,)
+        Variance of the clr logits along each ordered axis (the squared singular values of W̃).
+    noise_variance_ : float
+        σ².
+    """
+
+    def __init__(self, n_latent: int = 10, *, encoder_depth: int = 2, n_hidden: int = 128,
+                 pseudocount: float = 1.0, objective: str = "marginal", basis: str = "helmert",
+                 tree=None, activation: str = "gelu", dropout: float = 0.0, n_mc_samples: int = 1,
+                 batch_size: int = 128, max_epochs: int | None = None, learning_rate: float = 1e-3,
+                 early_stopping: bool = True, patience: int | None = None,
+                 validation_fraction: float = 0.1, kl_warmup_epochs: int = 0,
+                 random_state: int | None = None, threads: int | None = None,
+                 device: str = "cpu", progress: bool = False):
+        self.n_latent = n_latent
+        self.encoder_depth = encoder_depth
+        self.n_hidden = n_hidden
+        self.pseudocount = pseudocount
+        self.objective = objective
+        self.basis = basis
+        self.tree = tree
+        self.activation = activation
+        self.dropout = dropout
+        self.n_mc_samples = n_mc_samples
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.learning_rate = learning_rate
+        self.early_stopping = early_stopping
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.kl_warmup_epochs = kl_warmup_epochs
+        self.random_state = random_state
+        self.threads = threads
+        self.device = device
+        self.progress = progress
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self) -> dict:
+        """The constructor arguments (JSON-serialisable except a TreeNode ``tree``)."""
+        names = self.__init__.__code__.co_varnames[1:self.__init__.__code__.co_argcount
+                                                    + self.__init__.__code__.co_kwonlyargcount]
+        return {name: getattr(self, name) for name in names}
+
+    def _check_params(self, n_features: int) -> None:
+        def need(cond, name, allowed):
+            if not cond:
+                raise InputError(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
+
+        def is_int(v):
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        need(is_int(self.n_latent) and 1 <= self.n_latent < n_features, "n_latent",
+             f"need an integer between 1 and {n_features - 1} (number of features after "
+             f"dropping all-zero ones, minus 1)")
+        need(is_int(self.encoder_depth) and self.encoder_depth >= 1, "encoder_depth",
+             "need an integer >= 1")
+        need(is_int(self.n_hidden) and self.n_hidden >= 1, "n_hidden", "need an integer >= 1")
+        need(isinstance(self.pseudocount, (int, float)) and math.isfinite(self.pseudocount)
+             and self.pseudocount > 0, "pseudocount", "need a finite number > 0")
+        need(self.objective in ("marginal", "sampled"), "objective",
+             "choose 'marginal' or 'sampled'")
+        need(self.basis in _BASES, "basis", f"choose one of {_BASES}")
+        need(self.basis != "tree" or self.tree is not None, "tree",
+             "basis='tree' needs a Newick tree (tree=...)")
+        need(0 <= self.dropout < 1, "dropout", "need 0 <= dropout < 1")
+        need(is_int(self.n_mc_samples) and self.n_mc_samples >= 1, "n_mc_samples",
+             "need an integer >= 1")
+        need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "need an integer >= 1")
+        need(self.max_epochs is None or (is_int(self.max_epochs) and self.max_epochs >= 1),
+             "max_epochs", "need None (automatic) or an integer >= 1")
+        need(self.learning_rate > 0, "learning_rate", "need a number > 0")
+        need(self.patience is None or (is_int(self.patience) and self.patience >= 1), "patience",
+             "need None (automatic) or an integer >= 1")
+        need(0 <= self.validation_fraction < 1, "validation_fraction", "need 0 <= value < 1")
+        need(is_int(self.kl_warmup_epochs) and self.kl_warmup_epochs >= 0, "kl_warmup_epochs",
+             "need an integer >= 0")
+        need(self.threads is None or (is_int(self.threads) and self.threads >= 1), "threads",
+             "need None or an integer >= 1")
+        need(str(self.device) in ("cpu", "cuda", "auto") or str(self.device).startswith("cuda:"),
+             "device", "choose 'cpu', 'cuda' or 'auto'")
+
+    # ------------------------------------------------------------------ data handling
+    @staticmethod
+    def _extract(X, layer):
+        """(matrix, sample_ids or None, feature_ids or None) from AnnData, DataFrame or array."""
+        if _is_anndata(X):
+            if layer is None:
+                M = X.X
+            elif layer in X.layers:
+                M = X.layers[layer]
+            else:
+                raise InputError(f"layer={layer!r} is not in this AnnData; available layers: "
+                                 f"{sorted(X.layers.keys()) or 'none'} (or layer=None for X)")
+            if M is None:
+                raise InputError("this AnnData has no X; pass layer=... to pick the counts")
+            return M, [str(s) for s in X.obs_names], [str(f) for f in X.var_names]
+        if layer is not None:
+            raise InputError("layer= is only meaningful for AnnData input")
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover
+            pd = None
+        if pd is not None and isinstance(X, pd.DataFrame):
+            return X.to_numpy(), [str(s) for s in X.index], [str(f) for f in X.columns]
+        return X, None, None
+
+    def _aligned(self, X, layer=None, *, warn: bool = True):
+        """Counts of new data as a CSR matrix over ``feature_ids_`` (validated)."""
+        import scipy.sparse as sp
+
+        from .validation import check_counts
+
+        self._check_fitted()
+        M, sample_ids, feature_ids = self._extract(X, layer)
+        M = check_counts(M, sample_ids=sample_ids, feature_ids=feature_ids)
+        if feature_ids is None:
+            if M.shape[1] == len(self.feature_ids_):
+                return M, sample_ids
+            if M.shape[1] == len(self.input_feature_ids_):
+                return M[:, self.kept_feature_index_], sample_ids
+            raise InputError(
+                f"X has {M.shape[1]} columns but the model was fitted on "
+                f"{len(self.input_feature_ids_)} features ({len(self.feature_ids_)} kept); pass "
+                "an AnnData or DataFrame with feature ids to align by name")
+        position = {f: i for i, f in enumerate(feature_ids)}
+        unknown = [f for f in feature_ids if f not in self._feature_index]
+        missing = [f for f in self.feature_ids_ if f not in position]
+        if len(missing) == len(self.feature_ids_):
+            raise InputError("none of the table's features are features of the model; is this the "
+                             "right table (same feature ids, e.g. ASV hashes or gene names)?")
+        if warn and unknown:
+            warnings.warn(f"{len(unknown)} features unknown to the model were dropped "
+                          f"(e.g. {unknown[:5]})", stacklevel=3)
+        if warn and missing:
+            warnings.warn(f"{len(missing)} of the model's features are missing from the table and "
+                          f"were filled with zeros (e.g. {missing[:5]})", stacklevel=3)
+        # A 0/1 selection matrix maps the table's columns onto the model's (absent ones stay 0).
+        src = np.array([position[f] for f in self.feature_ids_ if f in position], dtype=np.int64)
+        dst = np.array([j for j, f in enumerate(self.feature_ids_) if f in position], dtype=np.int64)
+        select = sp.csr_matrix((np.ones(len(src)), (src, dst)),
+                               shape=(M.shape[1], len(self.feature_ids_)))
+        return (M @ select).tocsr(), sample_ids
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, *, layer: str | None = None) -> "MultinomialVAE":
+        """Fit the model to a count table.
+
+        Parameters
+        ----------
+        X : AnnData, numpy.ndarray, scipy.sparse matrix or pandas.DataFrame, shape (n, D)
+            Raw counts, samples as rows. For AnnData, ``layer`` picks the counts (default X); the
+            embeddings are written to ``obsm["X_mvae"]``, clr loadings to ``varm["mvae_loadings"]``
+            and the settings to ``uns["mvae"]`` (rows of dropped all-zero samples/features are NaN).
+
+        Returns
+        -------
+        self
+        """
+        import torch
+
+        from .data import CountData
+        from .modules import MultinomialVAEModule, MVAEConfig
+        from .train import TrainConfig, resolve_device, torch_threads, train_module
+        from .validation import check_counts, drop_empty
+
+        M, sample_ids, feature_ids = self._extract(X, layer)
+        M = check_counts(M, sample_ids=sample_ids, feature_ids=feature_ids)
+        n_in, d_in = M.shape
+        sample_ids = sample_ids or [f"sample{i}" for i in range(n_in)]
+        feature_ids = feature_ids or [f"feature{j}" for j in range(d_in)]
+        filtered = drop_empty(M, sample_ids, feature_ids)
+        counts = filtered.X
+        n, D = counts.shape
+        self._check_params(D)
+        device = resolve_device(self.device)
+        seed = (int(self.random_state) if self.random_state is not None
+                else int(np.random.default_rng().integers(2**31 - 1)))
+        self.seed_ = seed
+        self.basis_ = self._make_basis(filtered.feature_ids)
+        self.feature_ids_ = list(filtered.feature_ids)
+        self._feature_index = {f: i for i, f in enumerate(self.feature_ids_)}
+        self.input_feature_ids_ = list(feature_ids)
+        self.kept_feature_index_ = np.asarray(filtered.kept_feature_index)
+        self.filtered_ = filtered.report()
+        self.n_features_in_ = d_in
+
+        rng = np.random.default_rng(seed)
+        n_valid = int(round(self.validation_fraction * n)) if n >= 10 else 0
+        perm = rng.permutation(n)
+        valid_idx, train_idx = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
+        train_counts = counts[train_idx]
+
+        config = MVAEConfig(n_features=D, n_latent=int(self.n_latent), n_hidden=int(self.n_hidden),
+                            encoder_depth=int(self.encoder_depth),
+                            pseudocount=float(self.pseudocount), objective=self.objective,
+                            activation=self.activation, dropout=float(self.dropout),
+                            n_mc_samples=int(self.n_mc_samples))
+        with torch_threads(self.threads), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = MultinomialVAEModule(config)
+            pooled, centre, scale = _input_statistics(train_counts, config.pseudocount)
+            module.initialise_from_data(torch.as_tensor(pooled, dtype=torch.float32),
+                                        torch.as_tensor(centre, dtype=torch.float32), scale)
+            module.to(device)
+            train_data = CountData(train_counts, device)
+            valid_data = CountData(counts[valid_idx], device) if n_valid else None
+            max_epochs, patience = _epoch_budget(len(train_idx), int(self.batch_size),
+                                                 self.max_epochs, self.patience)
+            tconf = TrainConfig(max_epochs=max_epochs, batch_size=int(self.batch_size),
+                                learning_rate=float(self.learning_rate),
+                                early_stopping=bool(self.early_stopping), patience=patience,
+                                kl_warmup_epochs=int(self.kl_warmup_epochs),
+                                progress=bool(self.progress), seed=seed)
+            history = train_module(module, train_data, valid_data, tconf)
+        self.module_ = module.cpu().eval()
+        self.history_ = history.to_frame()
+        self.best_epoch_ = history.best_epoch
+        self.train_depths_ = np.asarray(train_counts.sum(axis=1)).ravel()
+        self._set_ordered_form()
+        if _is_anndata(X):
+            self._write_anndata(X, counts, filtered)
+        return self
+
+    def _make_basis(self, feature_ids):
+        from .compositions import HelmertBasis, TreeBasis
+
+        D = len(feature_ids)
+        if self.basis == "helmert":
+            return HelmertBasis(D, feature_ids=feature_ids)
+        if self.basis == "balanced":
+            return TreeBasis.balanced(D, feature_ids=feature_ids)
+        return TreeBasis.from_tree(self.tree, feature_ids)
+
+    def _set_ordered_form(self) -> None:
+        """SVD of W̃: loadings U S ordered by variance, rotation V for the embeddings."""
+        W = self.module_.loadings.detach().double().numpy()  # (D, k)
+        U, S, Vt = np.linalg.svd(W, full_matrices=False)
+        # Deterministic signs: the largest-magnitude entry of each loading column is positive.
+        signs = np.sign(U[np.abs(U).argmax(axis=0), np.arange(U.shape[1])])
+        signs[signs == 0] = 1.0
+        self.rotation_ = Vt.T * signs  # (k, k): z -> z @ rotation_
+        self.components_ = U * S * signs  # (D, k) clr loadings, ordered
+        self.explained_variance_ = S**2
+        self.noise_variance_ = float(self.module_.noise_variance.detach())
+        total = self.explained_variance_.sum() + (W.shape[0] - 1) * self.noise_variance_
+        self.explained_variance_ratio_ = self.explained_variance_ / total
+
+    def _write_anndata(self, adata, counts, filtered) -> None:
+        emb = np.full((adata.n_obs, self.n_latent), np.nan)
+        emb[filtered.kept_sample_index] = self._transform_csr(counts)
+        adata.obsm["X_mvae"] = emb
+        load = np.full((adata.n_vars, self.n_latent), np.nan)
+        load[filtered.kept_feature_index] = self.components_
+        adata.varm["mvae_loadings"] = load
+        params = {k: v for k, v in self.get_params().items() if k != "tree"}
+        params["tree"] = None if self.tree is None else str(self.tree)[:1000]
+        adata.uns["mvae"] = {
+            "params": {k: ("None" if v is None else v) for k, v in params.items()},
+            "seed": self.seed_,
+            "noise_variance": self.noise_variance_,
+            "explained_variance": self.explained_variance_,
+            "explained_variance_ratio": self.explained_variance_ratio_,
+        }
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "module_"):
+            raise RuntimeError("this MultinomialVAE is not fitted yet; call fit(X) or load(path)")
+
+    def _batches(self, M, batch_size: int = 1024):
+        from .data import CountData
+
+        return CountData(M, "cpu").chunks(batch_size)
+
+    def _transform_csr(self, M) -> np.ndarray:
+        import torch
+
+        from .train import torch_threads
+
+        with torch_threads(self.threads), torch.no_grad():
+            parts = [self.module_.latent_mean(b).double().numpy() for b in self._batches(M)]
+        return np.concatenate(parts) @ self.rotation_
+
+    def transform(self, X, *, layer: str | None = None) -> np.ndarray:
+        """Sample embeddings: posterior means of z in the ordered orthogonal form, shape (n, k).
+
+        New tables may have their features in another order or be a subset/superset when given as
+        AnnData or DataFrame: missing features are zero-filled and unknown ones dropped, with a warning.
+        """
+        M, _ = self._aligned(X, layer)
+        return self._transform_csr(M)
+
+    def fit_transform(self, X, *, layer: str | None = None) -> np.ndarray:
+        """``fit(X)`` then ``transform(X)``."""
+        return self.fit(X, layer=layer).transform(X, layer=layer)
+
+    def score_samples(self, X, *, layer: str | None = None, n_samples: int = 16) -> np.ndarray:
+        """Per-sample negative ELBO in nats (higher = more anomalous), shape (n,).
+
+        Monte Carlo estimate with ``n_samples`` draws and noise fixed by the model's seed, so repeated
+        calls agree. Divide by the sample's depth for a per-read score.
+        """
+        import torch
+
+        from .train import torch_threads
+
+        M, _ = self._aligned(X, layer)
+        gen = torch.Generator().manual_seed(self.seed_ + 3)
+        with torch_threads(self.threads), torch.no_grad():
+            parts = [self.module_.loss(b, generator=gen, n_samples=n_samples).negative_elbo()
+                     .double().numpy() for b in self._batches(M, 256)]
+        return np.concatenate(parts)
+
+    def denoise(self, X, *, layer: str | None = None) -> np.ndarray:
+        """Denoised compositions softmax(W̃ E[z | x] + b̃), shape (n, D), rows summing to 1."""
+        M, _ = self._aligned(X, layer)
+        z = self._transform_csr(M) @ self.rotation_.T  # back to the module's own axes
+        W = self.module_.loadings.detach().double().numpy()
+        b = self.module_.bias.detach().double().numpy()
+        logits = z @ W.T + b  # (n, k) @ (k, D) -> (n, D)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def sample(self, n: int, *, depth=None, random_state=None) -> np.ndarray:
+        """Draw new count samples from the generative model, shape (n, D) int64.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        depth : int, array of shape (n,), or None
+            Reads per sample; default: drawn from the training samples' depths.
+        random_state : int or None
+        """
+        self._check_fitted()
+        rng = np.random.default_rng(random_state)
+        if depth is None:
+            depths = rng.choice(self.train_depths_, size=n).astype(np.int64)
+        else:
+            depths = np.broadcast_to(np.asarray(depth, dtype=np.int64), (n,))
+            if (depths < 0).any():
+                raise InputError(f"depth must be >= 0, got {depths.min()}")
+        W = self.module_.loadings.detach().double().numpy()
+        b = self.module_.bias.detach().double().numpy()
+        sigma = math.sqrt(self.noise_variance_)
+        z = rng.standard_normal((n, W.shape[1]))
+        logits = z @ W.T + b + sigma * rng.standard_normal((n, W.shape[0]))
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        return rng.multinomial(depths, p).astype(np.int64)
+
+    # ------------------------------------------------------------------ learned structure
+    def loadings(self, space: str = "clr"):
+        """Feature loadings in the ordered orthogonal form as a DataFrame.
+
+        ``space="clr"``: features x axes (Ψ W); ``space="ilr"``: balances x axes (W), balance names
+        from the basis (tree node names when a tree was given).
+        """
+        import pandas as pd
+
+        self._check_fitted()
+        cols = [f"axis{i + 1}" for i in range(self.components_.shape[1])]
+        if space == "clr":
+            return pd.DataFrame(self.components_, index=self.feature_ids_, columns=cols)
+        if space == "ilr":
+            ilr = self.basis_.forward(self.components_.T).T  # (D-1, k)
+            return pd.DataFrame(ilr, index=list(self.basis_.balance_names), columns=cols)
+        raise ValueError(f"space={space!r}; choose 'clr' or 'ilr'")
+
+    def covariance(self, space: str = "clr"):
+        """Covariance of the log-ratios, low rank plus isotropic, as a LowRankCovariance.
+
+        clr: Σ = W̃W̃ᵀ + σ²H (D x D); ilr: Σ = WWᵀ + σ²I (D−1 x D−1). Call ``.dense()`` for a matrix.
+        """
+        from .covariance import LowRankCovariance
+
+        self._check_fitted()
+        if space == "clr":
+            return LowRankCovariance(self.components_, self.noise_variance_, space="clr",
+                                     feature_ids=self.feature_ids_)
+        if space == "ilr":
+            ilr = self.basis_.forward(self.components_.T).T
+            return LowRankCovariance(ilr, self.noise_variance_, space="ilr",
+                                     feature_ids=list(self.basis_.balance_names))
+        raise ValueError(f"space={space!r}; choose 'clr' or 'ilr'")
+
+    def correlation(self, space: str = "clr", *, max_bytes: int = 2**30) -> np.ndarray:
+        """Dense correlation matrix of the log-ratios (refused above ``max_bytes``; for large D use
+        ``network()``, which never forms D x D)."""
+        return self.covariance(space).correlation_dense(max_bytes=max_bytes)
+
+    def network(self, top: int = 1000, *, min_abs: float = 0.0):
+        """Strongest feature–feature clr correlations as an edge list (DataFrame), computed in chunks."""
+        return self.covariance("clr").top_correlations(top, min_abs=min_abs)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        """Write ``model.safetensors`` and ``config.json`` into directory ``path`` (no pickle)."""
+        import torch
+        from safetensors.torch import save_file
+
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {f"module.{k}": v.detach().cpu().contiguous()
+                   for k, v in self.module_.state_dict().items()}
+        tensors["train_depths"] = torch.as_tensor(self.train_depths_, dtype=torch.float64)
+        tensors["kept_feature_index"] = torch.as_tensor(self.kept_feature_index_, dtype=torch.int64)
+        params = self.get_params()
+        if params["tree"] is not None and not isinstance(params["tree"], (str, Path)):
+            params["tree"] = None  # the tree is carried by the basis config below
+        params["tree"] = None if params["tree"] is None else str(params["tree"])
+        config = {
+            "format": _FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "params": params,
+            "module_config": asdict(self.module_.config),
+            "seed": self.seed_,
+            "best_epoch": self.best_epoch_,
+            "feature_ids": self.feature_ids_,
+            "input_feature_ids": self.input_feature_ids_,
+            "basis": self.basis_.to_config(),
+            "history": self.history_.to_dict(orient="list"),
+            "filtered": self.filtered_.to_dict(orient="list"),
+            "versions": _versions(),
+        }
+        save_file(tensors, str(path / "model.safetensors"), metadata={"format": _FORMAT})
+        (path / "config.json").write_text(json.dumps(config, indent=1, default=_json_default))
+
+    @classmethod
+    def load(cls, path) -> "MultinomialVAE":
+        """Load a model written by :meth:`save` (safetensors + JSON; never unpickles)."""
+        import pandas as pd
+        import torch
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from .compositions import basis_from_config
+        from .modules import MultinomialVAEModule, MVAEConfig
+
+        path = Path(path)
+        cfg_path, st_path = path / "config.json", path / "model.safetensors"
+        for p in (cfg_path, st_path):
+            if not p.is_file():
+                raise ModelFileError(f"{p}: not found; a saved model directory holds config.json "
+                                     "and model.safetensors")
+        try:
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelFileError(f"{cfg_path}: not valid JSON ({exc})") from exc
+        if not isinstance(config, dict) or config.get("format") != _FORMAT:
+            raise ModelFileError(f"{cfg_path}: not an mvae MultinomialVAE config")
+        version = config.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise ModelFileError(f"{cfg_path}: schema_version {version!r} is newer than this mvae "
+                                 f"understands ({SCHEMA_VERSION}); upgrade mvae")
+        try:
+            tensors = load_file(str(st_path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelFileError(f"{st_path}: not a readable safetensors file ({exc})") from exc
+        try:
+            model = cls(**config["params"])
+            mconf = MVAEConfig(**config["module_config"])
+            module = MultinomialVAEModule(mconf)
+            state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+            module.load_state_dict(state, strict=True)
+            model.module_ = module.eval()
+            model.seed_ = int(config["seed"])
+            model.best_epoch_ = config.get("best_epoch")
+            model.feature_ids_ = list(config["feature_ids"])
+            model._feature_index = {f: i for i, f in enumerate(model.feature_ids_)}
+            model.input_feature_ids_ = list(config["input_feature_ids"])
+            model.kept_feature_index_ = tensors["kept_feature_index"].numpy()
+            model.n_features_in_ = len(model.input_feature_ids_)
+            model.train_depths_ = tensors["train_depths"].numpy()
+            model.basis_ = basis_from_config(config["basis"])
+            model.history_ = pd.DataFrame(config["history"])
+            model.filtered_ = pd.DataFrame(config["filtered"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"{path}: the config and tensors do not describe a valid model "
+                                 f"({type(exc).__name__}: {exc})") from exc
+        if len(model.feature_ids_) != mconf.n_features:
+            raise ModelFileError(f"{cfg_path}: {len(model.feature_ids_)} feature ids but the "
+                                 f"tensors have {mconf.n_features} features")
+        model._set_ordered_form()
+        return model
+
+
+#: Optimiser steps the automatic epoch budget aims at, and the patience in steps.
+BUDGET_STEPS = 5000
+PATIENCE_STEPS = 300
+
+
+def _epoch_budget(n_train: int, batch_size: int, max_epochs, patience) -> tuple[int, int]:
+    """Epochs and early-stopping patience; ``None`` means chosen from the number of steps per epoch.
+
+    Small tables have one step per epoch, large ones many: counting steps keeps the optimisation
+    budget comparable (about BUDGET_STEPS steps, 100 to 3000 epochs; patience about PATIENCE_STEPS
+    steps, at least 20 epochs).
+    """
+    steps = max(1, n_train // max(1, min(batch_size, n_train)))
+    if max_epochs is None:
+        max_epochs = int(np.clip(math.ceil(BUDGET_STEPS / steps), 100, 3000))
+    if patience is None:
+        patience = max(20, math.ceil(PATIENCE_STEPS / steps))
+    return int(max_epochs), int(patience)
+
+
+def _input_statistics(counts, pseudocount: float):
+    """Pooled log composition, mean centred log-ratio input and its overall scale (training data).
+
+    Returns
+    -------
+    pooled : ndarray (D,)
+        log(Σ_n x_n + c).
+    centre : ndarray (D,)
+        Mean over samples of H log1p(x / c).
+    scale : float
+        Standard deviation of the centred inputs (1 if degenerate).
+    """
+    n, D = counts.shape
+    pooled = np.log(np.asarray(counts.sum(axis=0)).ravel() + pseudocount)
+    y = counts.astype(np.float64).copy()
+    y.data = np.log1p(y.data / pseudocount)
+    row_mean = np.asarray(y.sum(axis=1)).ravel() / D  # (n,)
+    centre = np.asarray(y.mean(axis=0)).ravel() - row_mean.mean()  # mean of H y, (D,)
+    # Var of H y − centre over samples and features, from O(nnz) sums:
+    # mean_i[Σ_d y_id² / D − row_mean_i²] − mean_d centre_d²
+    sq = np.asarray(y.multiply(y).sum(axis=1)).ravel() / D
+    var = float(np.mean(sq - row_mean**2) - np.mean(centre**2))
+    scale = math.sqrt(var) if var > 1e-12 else 1.0
+    return pooled, centre, scale
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("mvae", "torch", "numpy", "scipy", "anndata", "scikit-bio", "biom-format"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")

@@ -1,0 +1,204 @@
+"""The multinomial VAE as a torch module: inference, generative model and per-sample loss terms.
+
+Generative model (DESIGN.md §1), written in clr coordinates:
+
+.. math::
+
+    z \\sim N(0, I_k), \\qquad
+    \\ell \\mid z \\sim N(\\tilde W z + \\tilde b, \\sigma^2 I_D), \\qquad
+    x \\mid \\ell \\sim \\operatorname{Multinomial}(N, \\operatorname{softmax}(\\ell))
+
+with :math:`\\tilde W = \\Psi W` (columns summing to zero) and :math:`\\tilde b = \\Psi b`. The
+softmax ignores the component of ℓ along 1 and :math:`H\\ell` has exactly the law of
+:math:`\\Psi\\eta`, :math:`\\eta \\sim N(Wz + b, \\sigma^2 I_{D-1})`, so this is the ILR model for any
+orthonormal basis Ψ; Ψ is needed only to report results in ILR/balance coordinates. Lifting η to
+per-feature logits ℓ also makes a diagonal (mean-field) posterior basis-free: it is diagonal over
+the D features, not over balances that depend on the basis chosen.
+
+Two objectives:
+
+``marginal`` (default)
+    z is integrated out: :math:`\\ell \\sim N(\\tilde b, \\tilde W\\tilde W^\\top + \\sigma^2 I_D)`. The
+    encoder gives :math:`q(\\ell\\mid x) = N(m_\\phi, \\operatorname{diag} v_\\phi)` and
+
+    .. math:: \\mathrm{ELBO} = E_q[\\log \\operatorname{Mult}(x \\mid \\operatorname{softmax}\\ell)]
+              - \\mathrm{KL}(q \\,\\|\\, N(\\tilde b, \\tilde W \\tilde W^\\top + \\sigma^2 I))
+
+    with the KL in O(D k²) by Woodbury. The latent posterior follows from the PPCA formula,
+    :math:`E[z \\mid x] = (\\sigma^2 I + \\tilde W^\\top\\tilde W)^{-1}\\tilde W^\\top(m_\\phi - \\tilde b)`.
+``sampled`` (catvae's form)
+    :math:`q(z\\mid x) = N(\\mu_\\phi, \\operatorname{diag} s^2_\\phi)`, ℓ drawn from p(ℓ | z), KL to N(0, I).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..likelihoods import (
+    LowRankPrior,
+    kl_diag_to_lowrank,
+    kl_normal_standard,
+    multinomial_log_prob,
+)
+from .encoder import Encoder, log_ratio_input
+
+__all__ = ["MVAEConfig", "LossTerms", "Posterior", "MultinomialVAEModule", "OBJECTIVES"]
+
+OBJECTIVES = ("marginal", "sampled")
+
+
+@dataclass(frozen=True)
+class MVAEConfig:
+    """Shapes and choices of a :class:`MultinomialVAEModule` (everything needed to rebuild it)."""
+
+    n_features: int
+    n_latent: int = 10
+    n_hidden: int = 128
+    encoder_depth: int = 2
+    pseudocount: float = 1.0
+    objective: str = "marginal"
+    activation: str = "gelu"
+    dropout: float = 0.0
+    n_mc_samples: int = 1
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """Per-sample terms of the ELBO, each of shape (B,).
+
+    Attributes
+    ----------
+    reconstruction : torch.Tensor
+        Monte Carlo estimate of :math:`E_q[\\log p(x \\mid \\cdot)]` (nats).
+    kl : torch.Tensor
+        KL divergence of the approximate posterior from the prior (nats).
+    """
+
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+
+    def negative_elbo(self, kl_weight: float = 1.0) -> torch.Tensor:
+        """:math:`-(\\text{reconstruction} - w\\,\\mathrm{KL})` per sample, shape (B,)."""
+        return kl_weight * self.kl - self.reconstruction
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """A diagonal Gaussian returned by the encoder: over ℓ (marginal, D wide) or z (sampled, k)."""
+
+    mean: torch.Tensor
+    log_var: torch.Tensor
+
+
+class MultinomialVAEModule(nn.Module):
+    """The MVAE in clr coordinates (see the module docstring for the maths).
+
+    Parameters
+    ----------
+    config : MVAEConfig
+    """
+
+    def __init__(self, config: MVAEConfig):
+        super().__init__()
+        if config.objective not in OBJECTIVES:
+            raise ValueError(f"objective={config.objective!r}; choose one of {OBJECTIVES}")
+        self.config = config
+        D, k, H = config.n_features, config.n_latent, config.n_hidden
+        self.encoder = Encoder(D, H, config.encoder_depth, config.activation, config.dropout)
+        out = D if config.objective == "marginal" else k
+        self.mean_head = nn.Linear(H, out)
+        self.log_var_head = nn.Linear(H, out)
+        # Decoder. Columns of loadings and the bias are centred when used (see `loadings`).
+        self.loadings_raw = nn.Parameter(torch.randn(D, k) * (0.5 / D**0.5))
+        self.bias_raw = nn.Parameter(torch.zeros(D))
+        self.log_sigma = nn.Parameter(torch.tensor(0.5).log())
+        with torch.no_grad():
+            # Start the posterior near the prior mean with a moderate spread.
+            self.mean_head.weight.mul_(0.1)
+            self.mean_head.bias.zero_()
+            self.log_var_head.weight.mul_(0.1)
+            self.log_var_head.bias.fill_(-2.0)
+
+    # ---- generative parameters -----------------------------------------------------------
+    @property
+    def loadings(self) -> torch.Tensor:
+        """W̃ = ΨW, shape (D, k), columns summing to zero."""
+        return self.loadings_raw - self.loadings_raw.mean(dim=0, keepdim=True)
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """b̃ = Ψb, shape (D,), summing to zero."""
+        return self.bias_raw - self.bias_raw.mean()
+
+    @property
+    def noise_variance(self) -> torch.Tensor:
+        """σ², a scalar tensor."""
+        return torch.exp(2.0 * self.log_sigma)
+
+    def prior(self) -> LowRankPrior:
+        """The marginal prior of the logits, N(b̃, W̃W̃ᵀ + σ²I), kept factored."""
+        return LowRankPrior(self.loadings, self.bias, self.noise_variance)
+
+    @torch.no_grad()
+    def initialise_from_data(self, pooled_log: torch.Tensor, input_centre: torch.Tensor,
+                             input_scale: float) -> None:
+        """Set the decoder bias and the encoder's input conditioning from the training data.
+
+        Parameters
+        ----------
+        pooled_log : torch.Tensor, shape (D,)
+            log of the pooled composition with the pseudocount, log(Σ_n x_n + c); centred here.
+        input_centre : torch.Tensor, shape (D,)
+            Mean of the centred log-ratio inputs over the training samples.
+        input_scale : float
+            Their overall standard deviation (> 0).
+        """
+        self.bias_raw.copy_(pooled_log - pooled_log.mean())
+        self.encoder.input_layer.centre.copy_(input_centre)
+        self.encoder.input_layer.scale.fill_(float(input_scale))
+
+    # ---- inference -------------------------------------------------------------------------
+    def encode(self, counts: torch.Tensor) -> Posterior:
+        """Approximate posterior from counts (B, D): over ℓ (marginal) or z (sampled)."""
+        h = self.encoder(log_ratio_input(counts, self.config.pseudocount))  # (B, H)
+        mean = self.mean_head(h)  # (B, D) or (B, k)
+        if self.config.objective == "marginal":
+            mean = mean + self.bias  # centre the posterior of ℓ on the prior mean
+        return Posterior(mean, self.log_var_head(h))
+
+    def latent_mean(self, counts: torch.Tensor) -> torch.Tensor:
+        """E[z | x] under the approximate posterior, shape (B, k)."""
+        post = self.encode(counts)
+        if self.config.objective == "sampled":
+            return post.mean
+        prior = self.prior()
+        delta = post.mean - prior.bias  # (B, D)
+        # (σ²I + W̃ᵀW̃)⁻¹ W̃ᵀ δ = L⁻ᵀ Uᵀ δ with U = W̃ L⁻ᵀ
+        rhs = delta @ prior.whitened  # (B, D) @ (D, k) -> (B, k)
+        return torch.linalg.solve_triangular(prior.chol.T, rhs.T, upper=True).T
+
+    # ---- loss --------------------------------------------------------------------------------
+    def loss(self, counts: torch.Tensor, generator: torch.Generator | None = None,
+             n_samples: int | None = None) -> LossTerms:
+        """Per-sample ELBO terms for a batch of counts (B, D), reparameterised draws throughout."""
+        S = n_samples or self.config.n_mc_samples
+        post = self.encode(counts)
+        if self.config.objective == "marginal":
+            eps = _randn((S, *post.mean.shape), post.mean, generator)
+            logits = post.mean + eps * torch.exp(0.5 * post.log_var)  # (S, B, D)
+            kl = kl_diag_to_lowrank(post.mean, post.log_var, self.prior())
+        else:
+            eps = _randn((S, *post.mean.shape), post.mean, generator)
+            z = post.mean + eps * torch.exp(0.5 * post.log_var)  # (S, B, k)
+            noise = _randn((S, post.mean.shape[0], self.config.n_features), post.mean, generator)
+            logits = z @ self.loadings.T + self.bias + noise * self.log_sigma.exp()  # (S, B, D)
+            kl = kl_normal_standard(post.mean, post.log_var)
+        recon = multinomial_log_prob(logits, counts).mean(0)  # (S, B) -> (B,)
+        return LossTerms(reconstruction=recon, kl=kl)
+
+
+def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)
