@@ -63,7 +63,7 @@ class CountData:
         pos = starts[rows] + offset
         coords = torch.stack([rows, self._indices[pos]])  # (2, nnz_b), sorted row-major
         return torch.sparse_coo_tensor(coords, self._values[pos], (B, self.n_features),
-                                       is_coalesced=True)
+                                       is_coalesced=True, check_invariants=False)
 
     def all(self) -> torch.Tensor:
         """All rows (for small evaluation sets)."""

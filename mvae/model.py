@@ -331,7 +331,7 @@ class MultinomialVAE:
         self.rotation_ = Vt.T * signs  # (k, k): z -> z @ rotation_
         self.components_ = U * S * signs  # (D, k) clr loadings, ordered
         self.explained_variance_ = S**2
-        self.noise_variance_ = float(self.module_.noise_variance.detach())
+        self.noise_variance_ = self.module_.noise_variance.item()
         total = self.explained_variance_.sum() + (W.shape[0] - 1) * self.noise_variance_
         self.explained_variance_ratio_ = self.explained_variance_ / total
 

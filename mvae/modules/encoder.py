@@ -54,7 +54,7 @@ def log_ratio_input(counts: torch.Tensor, pseudocount: float) -> torch.Tensor:
         counts = counts.coalesce()
         return torch.sparse_coo_tensor(
             counts.indices(), torch.log1p(counts.values() / pseudocount), counts.shape,
-            is_coalesced=True,
+            is_coalesced=True, check_invariants=False,
         )
     return torch.log1p(counts / pseudocount)
 

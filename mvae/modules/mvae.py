@@ -200,5 +200,10 @@ class MultinomialVAEModule(nn.Module):
         return LossTerms(reconstruction=recon, kl=kl)
 
 
+    def forward(self, counts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-sample negative ELBO (nats), shape (B,)."""
+        return self.loss(counts, generator=generator).negative_elbo()
+
+
 def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)
