@@ -213,7 +213,9 @@ class MultinomialVAE:
                 f"{len(self.input_feature_ids_)} features ({len(self.feature_ids_)} kept); pass "
                 "an AnnData or DataFrame with feature ids to align by name")
         position = {f: i for i, f in enumerate(feature_ids)}
-        unknown = [f for f in feature_ids if f not in self._feature_index]
+        # features seen at fit but dropped as all-zero are expected, not "unknown"
+        seen = set(self.input_feature_ids_)
+        unknown = [f for f in feature_ids if f not in self._feature_index and f not in seen]
         missing = [f for f in self.feature_ids_ if f not in position]
         if len(missing) == len(self.feature_ids_):
             raise InputError("none of the table's features are features of the model; is this the "
@@ -321,9 +323,15 @@ class MultinomialVAE:
             return TreeBasis.balanced(D, feature_ids=feature_ids)
         return TreeBasis.from_tree(self.tree, feature_ids)
 
+    def _decoder(self) -> tuple[np.ndarray, np.ndarray]:
+        """W̃ (D, k) and b̃ (D,) in float64, centred in float64 so they sum to zero exactly."""
+        W = self.module_.loadings_raw.detach().double().numpy()
+        b = self.module_.bias_raw.detach().double().numpy()
+        return W - W.mean(axis=0), b - b.mean()
+
     def _set_ordered_form(self) -> None:
         """SVD of W̃: loadings U S ordered by variance, rotation V for the embeddings."""
-        W = self.module_.loadings.detach().double().numpy()  # (D, k)
+        W, _ = self._decoder()  # (D, k)
         U, S, Vt = np.linalg.svd(W, full_matrices=False)
         # Deterministic signs: the largest-magnitude entry of each loading column is positive.
         signs = np.sign(U[np.abs(U).argmax(axis=0), np.arange(U.shape[1])])
@@ -405,8 +413,7 @@ class MultinomialVAE:
         """Denoised compositions softmax(W̃ E[z | x] + b̃), shape (n, D), rows summing to 1."""
         M, _ = self._aligned(X, layer)
         z = self._transform_csr(M) @ self.rotation_.T  # back to the module's own axes
-        W = self.module_.loadings.detach().double().numpy()
-        b = self.module_.bias.detach().double().numpy()
+        W, b = self._decoder()
         logits = z @ W.T + b  # (n, k) @ (k, D) -> (n, D)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
@@ -431,8 +438,7 @@ class MultinomialVAE:
             depths = np.broadcast_to(np.asarray(depth, dtype=np.int64), (n,))
             if (depths < 0).any():
                 raise InputError(f"depth must be >= 0, got {depths.min()}")
-        W = self.module_.loadings.detach().double().numpy()
-        b = self.module_.bias.detach().double().numpy()
+        W, b = self._decoder()
         sigma = math.sqrt(self.noise_variance_)
         z = rng.standard_normal((n, W.shape[1]))
         logits = z @ W.T + b + sigma * rng.standard_normal((n, W.shape[0]))
