@@ -1,19 +1,37 @@
 """The ``mvae`` command line: parses and validates arguments, then calls the Python API.
 
-No model logic lives here. Heavy modules (torch, anndata, scikit-bio) are imported inside the
-commands so that ``mvae --help`` answers at once.
+No model logic lives here. Heavy modules (torch, anndata, scikit-bio, pandas, matplotlib) are
+imported inside the commands so that ``mvae --help`` answers at once.
+
+Conventions shared by every command:
+
+- A problem the user can fix (:class:`mvae.errors.MVAEError`: a bad table, metadata file, tree,
+  model directory or option value) ends the command with one line ``Error: ...`` on stderr that
+  names the file or value, and exit code 2 -- never a traceback. Warnings are printed as one line
+  ``Warning: ...``.
+- Outputs are written atomically: ``mvae fit`` and ``mvae simulate`` build their directory in a
+  temporary sibling and rename it into place; single-file outputs are written beside the target
+  and renamed onto it. An existing output directory is refused unless ``--force``.
+- ``--quiet`` turns off the progress bar and the closing summary; ``--verbose`` adds detail.
 """
 
 from __future__ import annotations
 
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import click
 
 from . import __version__
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
+ORIENTATIONS = ("samples-as-rows", "features-as-rows")  # = mvae.io.ORIENTATIONS (not imported)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"Warning: {message}", err=True)
 
 
 class _Group(click.Group):
@@ -22,11 +40,17 @@ class _Group(click.Group):
     def invoke(self, ctx):
         from .errors import MVAEError
 
-        try:
-            return super().invoke(ctx)
-        except MVAEError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(2)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except MVAEError as exc:
+                click.echo(f"Error: {_one_line(str(exc))}", err=True)
+                sys.exit(2)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
@@ -35,13 +59,155 @@ def main():
     """Multinomial variational autoencoders for count tables (microbiome, single-cell).
 
     Fit a model with `mvae fit TABLE -o OUTDIR`; see `mvae COMMAND --help` for each command.
+    TABLE is a .biom (HDF5, JSON or classic TSV), .h5ad, or .tsv/.csv/.txt count table
+    (text tables need --orientation), optionally gzipped.
     """
 
 
+# ------------------------------------------------------------------------------------------------
+# shared options
+# ------------------------------------------------------------------------------------------------
+
+
+def _verbosity(f):
+    f = click.option("--verbose", "-v", is_flag=True, help="More detail on stderr.")(f)
+    f = click.option("--quiet", "-q", is_flag=True,
+                     help="No progress bar or summary (warnings and errors are still shown).")(f)
+    return f
+
+
+def _threads(f):
+    return click.option("--threads", default=None, type=click.IntRange(min=1),
+                        help="torch threads [default: half the usable cores, at most 8].")(f)
+
+
+def _table_options(f):
+    f = click.option("--layer", default=None,
+                     help="For .h5ad: the layer holding raw counts [default: X].")(f)
+    f = click.option("--orientation", type=click.Choice(ORIENTATIONS), default=None,
+                     help="Layout of a text table (.tsv/.csv/.txt): samples-as-rows (feature ids "
+                          "in the header) or features-as-rows (sample ids in the header, as "
+                          "`biom convert --to-tsv` writes). Required for text tables; never "
+                          "guessed.")(f)
+    return f
+
+
+def _check_verbosity(quiet: bool, verbose: bool) -> None:
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose cannot be used together.")
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        click.echo(message, err=True)
+
+
+def _load_model(path: Path):
+    """MultinomialVAE.load, also accepting the path of a file inside the model directory."""
+    from .model import MultinomialVAE
+
+    if path.is_file() and path.name in ("config.json", "model.safetensors"):
+        path = path.parent
+    return MultinomialVAE.load(path)
+
+
+def _read_table(path: Path, layer, orientation):
+    from .io import read_counts
+
+    return read_counts(path, layer=layer, orientation=orientation)
+
+
+def _resolve_threads(threads):
+    if threads is not None:
+        return int(threads)
+    from .train import default_threads
+
+    return default_threads()
+
+
+def _check_device(device: str) -> str:
+    """The device to train on; an InputError when CUDA is asked for but absent."""
+    import torch
+
+    from .errors import InputError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(
+            f"--device {device}: CUDA is not available here (torch {torch.__version__}). "
+            "Use --device cpu, or --device auto to take a GPU only when there is one."
+        )
+    return device
+
+
+def _check_tree(tree: Path, adata) -> None:
+    """Fail before training when the tree cannot give a basis for the table's features."""
+    import numpy as np
+
+    from .compositions import TreeBasis
+    from .errors import InputError
+
+    try:
+        text = tree.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{tree}: not valid UTF-8 text, so not a Newick tree ({exc}).") from exc
+    except OSError as exc:
+        raise InputError(f"{tree}: cannot be read ({exc}).") from exc
+    if not text.lstrip().startswith("("):
+        raise InputError(
+            f"{tree}: not a Newick tree (a tree starts with '('; this file starts with "
+            f"{text.strip()[:20]!r}). Pass the phylogeny of the table's features, e.g. QIIME 2's "
+            "rooted-tree exported as tree.nwk."
+        )
+    observed = np.asarray(adata.X.getnnz(axis=0)).ravel() > 0
+    features = [f for f, keep in zip(adata.var_names, observed) if keep]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            TreeBasis.from_tree(text, features)
+    except InputError as exc:
+        raise InputError(f"{tree}: {exc}") from exc
+
+
+def _obs_column(adata, column: str, table: Path):
+    """A sample annotation stored in the table itself (an .h5ad's obs) to colour by."""
+    from .errors import InputError
+
+    if column not in adata.obs.columns:
+        have = [str(c) for c in adata.obs.columns]
+        raise InputError(
+            f"--color {column}: give --metadata FILE with that column"
+            + (f", or one of the sample annotations in {table}: {', '.join(have[:20])}"
+               if have else f" ({table} holds no sample annotations)")
+            + "."
+        )
+    series = adata.obs[column]
+    kind = "numeric" if series.dtype.kind in "fiu" else "categorical"
+    series = series.astype(float if kind == "numeric" else object)
+    series.index = [str(s) for s in adata.obs_names]
+    return series, kind
+
+
+def _wrap_write_errors(outdir, func, *args, **kwargs):
+    """Call a writer; an OSError (disk full, quota...) becomes a one-line InputError."""
+    from .errors import InputError
+
+    try:
+        return func(*args, **kwargs)
+    except OSError as exc:
+        raise InputError(f"{outdir}: writing the results failed ({exc}).") from exc
+
+
+# ------------------------------------------------------------------------------------------------
+# fit
+# ------------------------------------------------------------------------------------------------
+
+
 @main.command(context_settings=CONTEXT)
-@click.argument("table", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("table", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path),
-              help="Output directory (created).")
+              help="Output directory (must not exist unless --force; parents are created).")
 @click.option("--latent-dim", "-k", default=10, type=click.IntRange(min=1),
               help="Latent dimensions k.")
 @click.option("--encoder-depth", default=2, type=click.IntRange(min=1),
@@ -51,50 +217,479 @@ def main():
               help="Pseudocount c in the encoder input log(x + c).")
 @click.option("--objective", default="marginal", type=click.Choice(["marginal", "sampled"]),
               help="ELBO form (marginal integrates z out; sampled is catvae's).")
-@click.option("--basis", default="helmert", type=click.Choice(["helmert", "balanced", "tree"]),
-              help="ILR basis for balance-coordinate outputs.")
+@click.option("--basis", default=None, type=click.Choice(["helmert", "balanced", "tree"]),
+              help="ILR basis of loadings_ilr.tsv [default: tree when --tree is given, else "
+                   "helmert].")
 @click.option("--tree", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Newick tree over the features (for --basis tree).")
-@click.option("--layer", default=None, help="AnnData layer holding the counts (.h5ad).")
+              help="Newick tree whose tips are the table's features (balance basis).")
+@_table_options
 @click.option("--epochs", default=None, type=click.IntRange(min=1),
-              help="Maximum epochs (default: chosen from the table size).")
+              help="Maximum epochs [default: chosen from the table size].")
 @click.option("--batch-size", default=128, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-3, type=click.FloatRange(min=0, min_open=True),
               help="Adam learning rate.")
-@click.option("--seed", default=0, type=int, help="Random seed (same seed, same result).")
-@click.option("--threads", default=None, type=click.IntRange(min=1),
-              help="torch threads (default: half the usable cores, at most 8).")
-@click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda", "auto"]))
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def fit(table, outdir, latent_dim, encoder_depth, hidden, pseudocount, objective, basis, tree,
-        layer, epochs, batch_size, lr, seed, threads, device, quiet):
-    """Fit a multinomial VAE to TABLE (.biom or .h5ad) and write the model and embeddings."""
-    from .io import read_counts
-    from .model import MultinomialVAE
+@click.option("--seed", default=0, type=click.IntRange(min=0),
+              help="Random seed (same seed and threads, same result).")
+@_threads
+@click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda", "auto"]),
+              help="Where to train (auto: cuda when available).")
+@click.option("--metadata", type=click.Path(path_type=Path), default=None,
+              help="QIIME 2 style sample metadata (TSV); every table sample must be in it.")
+@click.option("--color", "--colour", "color", default=None,
+              help="Metadata column to colour embedding.png by (from --metadata, or from the "
+                   "sample annotations of an .h5ad table).")
+@click.option("--top", default=1000, type=click.IntRange(min=0),
+              help="Feature pairs in correlations.tsv (strongest |correlation| first).")
+@click.option("--min-abs", default=0.0, type=click.FloatRange(0, 1),
+              help="Only pairs with |correlation| >= this in correlations.tsv.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing OUTDIR (only once the new results are complete).")
+@_verbosity
+@click.pass_context
+def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, objective, basis,
+        tree, layer, orientation, epochs, batch_size, lr, seed, threads, device, metadata, color,
+        top, min_abs, force, quiet, verbose):
+    """Fit a multinomial VAE to TABLE and write its results into OUTDIR.
 
-    adata = read_counts(table, layer=layer)
-    model = MultinomialVAE(
-        n_latent=latent_dim, encoder_depth=encoder_depth, n_hidden=hidden,
-        pseudocount=pseudocount, objective=objective, basis=basis,
-        tree=str(tree) if tree else None, max_epochs=epochs, batch_size=batch_size,
-        learning_rate=lr, random_state=seed, threads=threads, device=device,
-        progress=not quiet and sys.stderr.isatty(),
-    )
-    model.fit(adata)
-    outdir.mkdir(parents=True, exist_ok=True)
-    model.save(outdir)
-    emb = adata.obsm["X_mvae"]
+    OUTDIR receives model.safetensors + config.json (load with
+    mvae.MultinomialVAE.load), embeddings.tsv, ordination.txt (scikit-bio / QIIME 2 /
+    Emperor), loadings_clr.tsv, loadings_ilr.tsv, correlations.tsv, scores.tsv,
+    history.tsv, filtered.tsv, loss.png and embedding.png. Everything is written to a
+    temporary sibling and renamed into place at the end.
+    """
+    _check_verbosity(quiet, verbose)
+    if basis is None:
+        basis = "tree" if tree is not None else "helmert"
+    if basis == "tree" and tree is None:
+        raise click.UsageError("--basis tree needs --tree FILE.nwk.")
+    if tree is not None and basis != "tree":
+        raise click.UsageError(f"--tree is only used with --basis tree (got --basis {basis}).")
+
+    from .outputs import ResultsDirectory
+
+    started = time.time()
+    cpu0 = time.process_time()
+    with ResultsDirectory(outdir, force=force) as results:  # fails here if OUTDIR is unusable
+        from .io import sha256_file
+        from .model import MultinomialVAE
+
+        adata = _read_table(table, layer, orientation)
+        _say(quiet or not verbose, f"read {table}: {adata.n_obs} samples x {adata.n_vars} features")
+        colour = colour_kind = None
+        md_info = None
+        if metadata is not None:
+            from .metadata import align_metadata, metadata_column, read_metadata
+
+            md = align_metadata(read_metadata(metadata), list(adata.obs_names), table=str(table))
+            md_info = {"path": str(metadata.absolute()), "sha256": sha256_file(metadata)}
+            if color is not None:
+                colour = metadata_column(md, color)
+                colour_kind = colour.attrs["kind"]
+                md_info["color"] = color
+        elif color is not None:
+            colour, colour_kind = _obs_column(adata, color, table)
+        if tree is not None:
+            _check_tree(tree, adata)
+        device = _check_device(device)
+
+        model = MultinomialVAE(
+            n_latent=latent_dim, encoder_depth=encoder_depth, n_hidden=hidden,
+            pseudocount=pseudocount, objective=objective, basis=basis,
+            tree=str(tree) if tree else None, max_epochs=epochs, batch_size=batch_size,
+            learning_rate=lr, random_state=seed, threads=threads, device=device,
+            progress=not quiet and sys.stderr.isatty(),
+        )
+        t_fit = time.perf_counter()
+        model.fit(adata, layer=None)
+        fit_seconds = time.perf_counter() - t_fit
+
+        from .outputs import package_versions, write_fit_results
+
+        run = {
+            "command": ctx.command_path,
+            "parameters": {k: (str(v) if isinstance(v, Path) else v)
+                           for k, v in ctx.params.items()},
+            "input": {"path": str(table.absolute()), "sha256": sha256_file(table),
+                      "bytes": table.stat().st_size, "n_samples": int(adata.n_obs),
+                      "n_features": int(adata.n_vars)},
+            "metadata": md_info,
+            "tree": None if tree is None else {"path": str(tree.absolute()),
+                                               "sha256": sha256_file(tree)},
+            "seed": int(model.seed_),
+            "threads": _resolve_threads(threads),
+            "device": device,
+            "versions": package_versions(),
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "fit_seconds": round(fit_seconds, 3),
+            "cpu_seconds": round(time.process_time() - cpu0, 3),
+        }
+        files = _wrap_write_errors(outdir, write_fit_results, results.path, model, adata,
+                                   run=run, top=top, min_abs=min_abs, colour=colour,
+                                   colour_kind=colour_kind)
+
+    hist = model.history_
+    last = hist.iloc[-1]
+    _say(quiet, f"fitted {adata.n_obs - int((model.filtered_['axis'] == 'sample').sum())} samples "
+                f"x {len(model.feature_ids_)} features in {len(hist)} epochs (best "
+                f"{model.best_epoch_}); train loss {last.train_loss:.4g} nats/sample; "
+                f"wrote {outdir}/")
+    if verbose:
+        ratio = ", ".join(f"{r:.3f}" for r in model.explained_variance_ratio_)
+        _say(False, f"proportion of clr variance per axis: {ratio}; noise variance "
+                    f"{model.noise_variance_:.4g}; {time.time() - started:.1f} s wall, "
+                    f"{time.process_time() - cpu0:.1f} s CPU; files: {', '.join(files)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# transform, score
+# ------------------------------------------------------------------------------------------------
+
+
+def _model_and_table_args(f):
+    f = click.option("-o", "--output", required=True,
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="Output TSV (replaced if it exists).")(f)
+    f = click.argument("table", type=click.Path(path_type=Path))(f)
+    f = click.argument("model_dir", metavar="MODEL", type=click.Path(path_type=Path))(f)
+    return f
+
+
+@main.command(context_settings=CONTEXT)
+@_model_and_table_args
+@_table_options
+@_threads
+@_verbosity
+def transform(model_dir, table, output, layer, orientation, threads, quiet, verbose):
+    """Embeddings of the samples of TABLE under a fitted MODEL directory.
+
+    Writes sample_id, axis1..axisk (TSV). Features are matched by id: the model's features
+    missing from TABLE count as zero and features unknown to the model are dropped (each with a
+    warning).
+    """
     import pandas as pd
 
-    cols = [f"axis{i + 1}" for i in range(emb.shape[1])]
-    frame = pd.DataFrame(emb, index=pd.Index(adata.obs_names, name="sample_id"), columns=cols)
-    frame.to_csv(outdir / "embeddings.tsv", sep="\t")
-    model.history_.to_csv(outdir / "history.tsv", sep="\t", index=False)
-    if not quiet:
-        last = model.history_.iloc[-1]
-        click.echo(f"fitted {adata.n_obs} samples x {adata.n_vars} features in "
-                   f"{len(model.history_)} epochs (best {model.best_epoch_}); final train loss "
-                   f"{last.train_loss:.4g} nats/sample; wrote {outdir}/", err=True)
+    from .outputs import atomic_path, write_tsv
+
+    _check_verbosity(quiet, verbose)
+    with atomic_path(output) as tmp:
+        model = _load_model(model_dir)
+        if threads is not None:
+            model.threads = threads
+        adata = _read_table(table, layer, orientation)
+        emb = model.transform(adata)
+        axes = [f"axis{i + 1}" for i in range(emb.shape[1])]
+        index = pd.Index([str(s) for s in adata.obs_names], dtype=object, name="sample_id")
+        write_tsv(pd.DataFrame(emb, index=index, columns=axes), tmp)
+    _say(quiet, f"embedded {adata.n_obs} samples on {emb.shape[1]} axes; wrote {output}")
+
+
+@main.command(context_settings=CONTEXT)
+@_model_and_table_args
+@_table_options
+@click.option("--n-samples", default=16, type=click.IntRange(min=1),
+              help="Monte Carlo draws per sample for the ELBO estimate.")
+@_threads
+@_verbosity
+def score(model_dir, table, output, layer, orientation, n_samples, threads, quiet, verbose):
+    """Per-sample anomaly scores of TABLE under a fitted MODEL: the negative ELBO.
+
+    Writes sample_id, depth (reads on the model's features), negative_elbo (nats) and
+    negative_elbo_per_read (= negative_elbo / depth, comparable across depths). Higher is more
+    anomalous.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from .outputs import atomic_path, write_tsv
+
+    _check_verbosity(quiet, verbose)
+    with atomic_path(output) as tmp:
+        model = _load_model(model_dir)
+        if threads is not None:
+            model.threads = threads
+        adata = _read_table(table, layer, orientation)
+        scores = np.asarray(model.score_samples(adata, n_samples=n_samples), dtype=float)
+        on_model = np.isin(np.asarray(adata.var_names, dtype=object), model.feature_ids_)
+        depth = np.asarray(adata.X[:, on_model].sum(axis=1)).ravel()
+        empty = [str(s) for s, d in zip(adata.obs_names, depth) if d == 0]
+        if empty:
+            warnings.warn(f"{len(empty)} samples have no reads on the model's features, so no "
+                          f"per-read score (written as NaN): {empty[:5]}", stacklevel=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_read = np.where(depth > 0, scores / np.where(depth > 0, depth, 1), np.nan)
+        index = pd.Index([str(s) for s in adata.obs_names], dtype=object, name="sample_id")
+        frame = pd.DataFrame({"depth": depth.astype(np.int64), "negative_elbo": scores,
+                              "negative_elbo_per_read": per_read}, index=index)
+        write_tsv(frame, tmp)
+    _say(quiet, f"scored {adata.n_obs} samples; wrote {output}")
+
+
+# ------------------------------------------------------------------------------------------------
+# sample, network
+# ------------------------------------------------------------------------------------------------
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model_dir", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("-n", "--n-samples", "n", required=True, type=click.IntRange(min=1),
+              help="Number of synthetic samples.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output BIOM 2.1 (HDF5) file, replaced if it exists.")
+@click.option("--depth", default=None, type=click.IntRange(min=1),
+              help="Reads per sample [default: drawn from the training samples' depths].")
+@click.option("--prefix", default="synthetic", show_default=True,
+              help="Sample ids are PREFIX1, PREFIX2, ...")
+@click.option("--seed", default=0, type=click.IntRange(min=0), help="Random seed.")
+@_verbosity
+def sample(model_dir, n, output, depth, prefix, seed, quiet, verbose):
+    """Draw N new count samples from a fitted MODEL's generative model into a BIOM file."""
+    from .io import write_biom
+    from .outputs import atomic_path
+
+    _check_verbosity(quiet, verbose)
+    with atomic_path(output) as tmp:
+        model = _load_model(model_dir)
+        counts = model.sample(n, depth=depth, random_state=seed)
+        ids = [f"{prefix}{i + 1}" for i in range(n)]
+        write_biom(tmp, counts, ids, model.feature_ids_)
+    _say(quiet, f"drew {n} samples over {len(model.feature_ids_)} features; wrote {output}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model_dir", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output edge list (TSV), replaced if it exists.")
+@click.option("--top", default=1000, type=click.IntRange(min=0),
+              help="Number of feature pairs (strongest |correlation| first).")
+@click.option("--min-abs", default=0.0, type=click.FloatRange(0, 1),
+              help="Only pairs with |correlation| >= this.")
+@_threads
+@_verbosity
+def network(model_dir, output, top, min_abs, threads, quiet, verbose):
+    """The strongest feature-feature clr correlations of a fitted MODEL, as an edge list.
+
+    Writes feature_a, feature_b, correlation, covariance (TSV), sorted by |correlation|;
+    computed in chunks from the low-rank covariance, never as a dense D x D matrix.
+    """
+    from .outputs import atomic_path, write_tsv
+
+    _check_verbosity(quiet, verbose)
+    with atomic_path(output) as tmp:
+        model = _load_model(model_dir)
+        edges = model.network(top=top, min_abs=min_abs)
+        write_tsv(edges, tmp, index=False)
+    _say(quiet, f"wrote {len(edges)} edges to {output}")
+
+
+# ------------------------------------------------------------------------------------------------
+# simulate
+# ------------------------------------------------------------------------------------------------
+
+
+def _parse_eigenvalues(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        values = [float(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated numbers, e.g. 4,2,1") from None
+    if not values:
+        raise click.BadParameter(f"{value!r}: give comma-separated numbers, e.g. 4,2,1")
+    return values
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path),
+              help="Output directory (must not exist unless --force).")
+@click.option("-n", "--n-samples", default=1000, type=click.IntRange(min=1))
+@click.option("-d", "--n-features", default=200, type=click.IntRange(min=2))
+@click.option("-k", "--latent-dim", default=10, type=click.IntRange(min=1))
+@click.option("--depth", default=10_000.0, type=click.FloatRange(min=0, min_open=True),
+              help="Median reads per sample.")
+@click.option("--depth-sd", default=0.5, type=click.FloatRange(min=0),
+              help="Standard deviation of log depth.")
+@click.option("--sigma", default=0.316, type=click.FloatRange(min=0),
+              help="Noise scale of the clr logits.")
+@click.option("--abundance-spread", default=1.0, type=click.FloatRange(min=0),
+              help="Spread of mean clr abundances (larger = sparser).")
+@click.option("--eigenvalues", default=None, callback=_parse_eigenvalues,
+              help="Comma-separated variances of the k latent directions [default: geometric "
+                   "from 4 to 1].")
+@click.option("--seed", default=0, type=click.IntRange(min=0), help="Random seed.")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@_verbosity
+def simulate(outdir, n_samples, n_features, latent_dim, depth, depth_sd, sigma,
+             abundance_spread, eigenvalues, seed, force, quiet, verbose):
+    """Simulate a count table from the MVAE generative model, with its ground truth.
+
+    Writes into OUTDIR: table.biom (BIOM 2.1), loadings_clr.tsv (feature_id x axis: true
+    W~), bias_clr.tsv (feature_id, bias_clr), z.tsv (sample_id x z1..zk), depths.tsv
+    (sample_id, depth) and simulation.json (settings, seed, sigma, noise variance,
+    eigenvalues, density, package versions).
+    """
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from .io import write_biom
+    from .outputs import ResultsDirectory, package_versions, write_tsv
+    from .simulate import simulate as run_simulation
+
+    _check_verbosity(quiet, verbose)
+    with ResultsDirectory(outdir, force=force) as results:
+        sim = run_simulation(n_samples, n_features, latent_dim, depth=depth, depth_sd=depth_sd,
+                             sigma=sigma, eigenvalues=eigenvalues,
+                             abundance_spread=abundance_spread, random_state=seed)
+        d = results.path
+        samples = pd.Index(sim.sample_ids.tolist(), dtype=object, name="sample_id")
+        features = pd.Index(sim.feature_ids.tolist(), dtype=object, name="feature_id")
+        k = sim.n_latent
+
+        def write_all():
+            write_biom(d / "table.biom", sim.counts, samples, features)
+            write_tsv(pd.DataFrame(np.asarray(sim.loadings_clr), index=features,
+                                   columns=[f"axis{i + 1}" for i in range(k)]),
+                      d / "loadings_clr.tsv")
+            write_tsv(pd.DataFrame({"bias_clr": np.asarray(sim.bias_clr)}, index=features),
+                      d / "bias_clr.tsv")
+            write_tsv(pd.DataFrame(np.asarray(sim.z), index=samples,
+                                   columns=[f"z{i + 1}" for i in range(k)]), d / "z.tsv")
+            write_tsv(pd.DataFrame({"depth": np.asarray(sim.depths)}, index=samples),
+                      d / "depths.tsv")
+            config = {
+                "generator": "mvae.simulate",
+                "settings": {"n_samples": n_samples, "n_features": n_features,
+                             "n_latent": latent_dim, "depth": depth, "depth_sd": depth_sd,
+                             "sigma": sigma, "abundance_spread": abundance_spread,
+                             "eigenvalues": eigenvalues},
+                "seed": seed,
+                "random_state": sim.random_state,
+                "sigma": float(sim.sigma),
+                "noise_variance": float(sim.sigma) ** 2,
+                "eigenvalues": [float(v) for v in sim.eigenvalues],
+                "density": float(sim.density),
+                "files": ["table.biom", "loadings_clr.tsv", "bias_clr.tsv", "z.tsv",
+                          "depths.tsv", "simulation.json"],
+                "versions": package_versions(),
+            }
+            (d / "simulation.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+
+        _wrap_write_errors(outdir, write_all)
+    _say(quiet, f"simulated {sim.n_samples} samples x {sim.n_features} features (density "
+                f"{sim.density:.3f}); wrote {outdir}/")
+
+
+# ------------------------------------------------------------------------------------------------
+# info
+# ------------------------------------------------------------------------------------------------
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("path", metavar="MODEL|TABLE", type=click.Path(path_type=Path))
+@_table_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info(path, layer, orientation, as_json):
+    """Summarise a saved model directory or a count table.
+
+    For a table: shape, density, reads per sample, empty samples/features. For a model:
+    hyperparameters, features, latent axes and the variance they explain, epochs, seed and the
+    run that made it.
+    """
+    import json
+
+    if path.is_dir() or (path.is_file() and path.name in ("config.json", "model.safetensors")):
+        summary = _model_summary(path)
+    else:
+        summary = _table_summary(path, layer, orientation)
+    if as_json:
+        click.echo(json.dumps(summary, indent=1, ensure_ascii=False))
+        return
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        elif isinstance(value, list):
+            value = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        click.echo(f"{key:<{width}}  {value}")
+
+
+def _model_summary(path: Path) -> dict:
+    import json
+
+    from .errors import ModelFileError
+
+    directory = path.parent if path.is_file() else path
+    if not (directory / "config.json").is_file():
+        raise ModelFileError(
+            f"{directory}: a directory but not a saved mvae model (no config.json). Give a "
+            "model directory written by `mvae fit` or a count table file."
+        )
+    model = _load_model(directory)
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    hist = model.history_
+    n_params = int(sum(p.numel() for p in model.module_.parameters()))
+    filtered = model.filtered_
+    run = config.get("run") or {}
+    summary = {
+        "model": str(directory),
+        "format": f"{config.get('format')} schema {config.get('schema_version')}",
+        "features": len(model.feature_ids_),
+        "input features": len(model.input_feature_ids_),
+        "dropped samples": int((filtered["axis"] == "sample").sum()),
+        "dropped features": int((filtered["axis"] == "feature").sum()),
+        "latent dim": int(model.n_latent),
+        "encoder depth": int(model.encoder_depth),
+        "hidden": int(model.n_hidden),
+        "objective": model.objective,
+        "pseudocount": float(model.pseudocount),
+        "basis": model.basis,
+        "parameters": n_params,
+        "epochs": int(len(hist)),
+        "best epoch": model.best_epoch_,
+        "final train loss": float(hist["train_loss"].iloc[-1]) if len(hist) else None,
+        "final validation loss": (float(hist["validation_loss"].iloc[-1])
+                                  if len(hist) else None),
+        "noise variance": float(model.noise_variance_),
+        "proportion explained": [float(v) for v in model.explained_variance_ratio_],
+        "seed": int(model.seed_),
+        "threads": run.get("threads", model.threads),
+    }
+    if run.get("input"):
+        summary["input"] = run["input"].get("path")
+        summary["input sha256"] = run["input"].get("sha256")
+    versions = run.get("versions") or config.get("versions") or {}
+    summary["versions"] = {k: v for k, v in versions.items() if v is not None}
+    return summary
+
+
+def _table_summary(path: Path, layer, orientation) -> dict:
+    import numpy as np
+
+    adata = _read_table(path, layer, orientation)
+    X = adata.X
+    depth = np.asarray(X.sum(axis=1)).ravel()
+    observed = np.diff(X.indptr)
+    n, d = X.shape
+    return {
+        "table": str(path),
+        "samples": int(n),
+        "features": int(d),
+        "non-zero": int(X.nnz),
+        "density": float(X.nnz / (n * d)),
+        "total reads": int(depth.sum()),
+        "reads per sample (min, median, max)": [int(depth.min()), float(np.median(depth)),
+                                                int(depth.max())],
+        "features per sample (min, median, max)": [int(observed.min()),
+                                                   float(np.median(observed)),
+                                                   int(observed.max())],
+        "all-zero samples": int((depth == 0).sum()),
+        "all-zero features": int((np.asarray(X.getnnz(axis=0)).ravel() == 0).sum()),
+        "first samples": [str(s) for s in adata.obs_names[:3]],
+        "first features": [str(f) for f in adata.var_names[:3]],
+    }
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -811,7 +811,8 @@ def _read_tree(tree):
     if hasattr(tree, "children") and hasattr(tree, "name"):
         return _tree_from_skbio(tree)
     raise InputError(
-        f"tree must be a Newick string, a path to a Newick file or a skbio.TreeNode, got {type(tree).__name__}"
+        "tree must be a Newick string, a path to a Newick file or a skbio.TreeNode, "
+        f"got {type(tree).__name__}"
     )
 
 
@@ -848,10 +849,15 @@ class TreeBasis(Basis):
               \log\frac{g(x_R)}{g(x_S)}
             = \sqrt{\tfrac{s}{r(r+s)}}\sum_{R} v_d - \sqrt{\tfrac{r}{s(r+s)}}\sum_{S} v_d
 
-    with :math:`g` the geometric mean and :math:`v = \log x`. With the tips
-    numbered so that every clade is a contiguous range, both directions are
-    O(D): forward is one prefix sum, inverse one difference array and a
-    cumulative sum (see ``docs``/DESIGN).
+    with :math:`g` the geometric mean and :math:`v = \log x`. The tips are
+    numbered so that every clade is a contiguous range: node :math:`n` covers
+    ``[start, stop)``, its numerator ``[start, split)``. With prefix sums
+    :math:`P_k = \sum_{j<k} v_j` the forward map is
+    :math:`y_n = A_n (P_{split} - P_{start}) - B_n (P_{stop} - P_{split})`,
+    :math:`A_n = \sqrt{s/(r(r+s))}`, :math:`B_n = \sqrt{r/(s(r+s))}`; the
+    inverse adds :math:`A_n y_n` at ``start``, :math:`-(A_n + B_n) y_n` at
+    ``split`` and :math:`B_n y_n` at ``stop`` of a difference array and takes
+    its cumulative sum. Both are O(D) for any tree shape; sums run in float64.
 
     Conventions (those of ``skbio.stats.composition.tree_basis`` in
     scikit-bio 0.7.4, so that ``basis.ilr(x)`` equals
@@ -1103,7 +1109,8 @@ class TreeBasis(Basis):
 
         if extra:
             warnings.warn(
-                f"pruned {len(extra)} tips of the tree that are not features of the table: {_list_some(extra)}",
+                f"pruned {len(extra)} tips of the tree that are not features of the table: "
+                f"{_list_some(extra)}",
                 UserWarning,
                 stacklevel=2,
             )
@@ -1288,7 +1295,8 @@ def basis_from_config(config: dict) -> Basis:
             )
             if "n_features" in config and config["n_features"] != basis.n_features:
                 raise InputError(
-                    f"basis config says n_features = {config['n_features']} but its tree has {basis.n_features} tips"
+                    f"basis config says n_features = {config['n_features']} "
+                    f"but its tree has {basis.n_features} tips"
                 )
             return basis
     except (KeyError, TypeError) as err:

@@ -181,7 +181,8 @@ def test_helmert_hand_values():
     np.testing.assert_allclose(
         HelmertBasis(3).dense(), [[1 / s2, 1 / s6], [-1 / s2, 1 / s6], [0.0, -2 / s6]], atol=1e-15
     )
-    np.testing.assert_allclose(HelmertBasis(2).ilr_inv(np.array([-0.4901290717342735])), [1 / 3, 2 / 3], atol=1e-15)
+    y2 = np.array([-0.4901290717342735])
+    np.testing.assert_allclose(HelmertBasis(2).ilr_inv(y2), [1 / 3, 2 / 3], atol=1e-15)
 
 
 # ---------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def test_helmert_hand_values():
 
 
 def _tree_case(kind, rng):
-    """(newick for skbio, skbio tree for tree_basis, feature ids, our basis)."""
+    """(skbio tree for tree_basis, feature ids, builder of our basis from the user order)."""
     if kind == "balanced":
         ids = [f"f{i}" for i in range(13)]
         newick = balanced_newick(ids) + ";"
@@ -211,7 +212,10 @@ def _tree_case(kind, rng):
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["balanced", "random", "random_treenode", "random_unnamed", "caterpillar", "two_tips"])
+TREE_KINDS = ["balanced", "random", "random_treenode", "random_unnamed", "caterpillar", "two_tips"]
+
+
+@pytest.mark.parametrize("kind", TREE_KINDS)
 def test_tree_basis_matches_skbio(kind):
     rng = np.random.default_rng(zlib.crc32(kind.encode()))
     tree, ids, build = _tree_case(kind, rng)
@@ -236,7 +240,8 @@ def test_tree_hand_values():
     y = basis.ilr(np.array([1.0, 2.0, 4.0]))
     np.testing.assert_allclose(y, [0.8489284545103327, 0.4901290717342735], atol=1e-15)
     s2, s6 = np.sqrt(2.0), np.sqrt(6.0)
-    np.testing.assert_allclose(basis.dense(), [[-1 / s6, -1 / s2], [-1 / s6, 1 / s2], [2 / s6, 0.0]], atol=1e-15)
+    psi = [[-1 / s6, -1 / s2], [-1 / s6, 1 / s2], [2 / s6, 0.0]]  # rows b, c, d
+    np.testing.assert_allclose(basis.dense(), psi, atol=1e-15)
     two = TreeBasis.from_tree("(a,b);", ["b", "a"])  # numerator = second child = b
     np.testing.assert_allclose(two.ilr(np.array([2.0, 1.0])), [LN2 / np.sqrt(2.0)], atol=1e-15)
 
@@ -478,7 +483,13 @@ def test_config_round_trip(basis):
 
 def test_config_errors():
     # root [0, 4) splits into [0, 2) and [2, 4), but no node covers [2, 4)
-    config = {"kind": "tree", "tip_features": [0, 1, 2, 3], "start": [0, 0, 1], "split": [2, 1, 2], "stop": [4, 2, 3]}
+    config = {
+        "kind": "tree",
+        "tip_features": [0, 1, 2, 3],
+        "start": [0, 0, 1],
+        "split": [2, 1, 2],
+        "stop": [4, 2, 3],
+    }
     with pytest.raises(InputError, match=r"bifurcating tree \(at range \[2, 4\]\)"):
         basis_from_config(config)
     with pytest.raises(InputError, match="unknown basis kind 'pca'"):
@@ -534,6 +545,21 @@ def test_large_D_is_fast_and_exact():
         results[name] = y
     # two different algorithms for the same basis (Helmert = caterpillar, balances reversed)
     np.testing.assert_allclose(results["caterpillar"][:, ::-1], results["helmert"], atol=1e-9)
-    # float32 input keeps float32 accuracy at large D because sums accumulate in float64
-    y32 = HelmertBasis(D).forward(torch.from_numpy(v).float())
-    np.testing.assert_allclose(y32.numpy(), results["helmert"], atol=2e-5)
+
+def test_float32_accumulates_in_float64():
+    # float32 prefix sums over 10^5 parts lose ~1e-5; accumulated in float64 only the
+    # final rounding to float32 (~1e-7 here) remains
+    D = 100_000
+    rng = np.random.default_rng(17)
+    v32 = rng.normal(size=(2, D)).astype(np.float32)
+    y32 = rng.normal(size=(2, D - 1)).astype(np.float32)
+    for basis in (HelmertBasis(D), TreeBasis.balanced(D)):
+        exact_fwd = basis.forward(v32.astype(np.float64))
+        exact_inv = basis.inverse(y32.astype(np.float64))
+        for fwd, inv in (
+            (basis.forward(v32), basis.inverse(y32)),
+            (basis.forward(torch.from_numpy(v32)).numpy(), basis.inverse(torch.from_numpy(y32)).numpy()),
+        ):
+            assert fwd.dtype == inv.dtype == np.float32
+            np.testing.assert_allclose(fwd, exact_fwd, rtol=0, atol=2e-6)
+            np.testing.assert_allclose(inv, exact_inv, rtol=0, atol=2e-6)

@@ -1,0 +1,431 @@
+"""Write the results directory of ``mvae fit`` (and of ``mvae simulate``) atomically.
+
+Every file goes into a temporary sibling of the output directory (``.NAME.mvae-tmp-XXXX``, on
+the same file system), which is renamed into place only when everything has been written. An
+interrupted run therefore never leaves a half-written OUTDIR: either the complete directory is
+there or nothing is (plus, after a hard kill, a hidden temporary sibling that can be deleted).
+The staging directory is created *before* any work, so an unwritable location is reported before
+a model is trained.
+
+The files of a fit (:func:`write_fit_results`):
+
+=====================  ======================================================================
+``model.safetensors``  model weights (``MultinomialVAE.save``; no pickle)
+``config.json``        hyperparameters, feature ids, basis, history (``MultinomialVAE.save``)
+                       plus a ``"run"`` section: input path, size and sha256, metadata file,
+                       command line, seed, threads, device, package versions, times
+``embeddings.tsv``     ``sample_id`` then ``axis1..axisk``: posterior means of z
+``ordination.txt``     scikit-bio ``OrdinationResults`` (QIIME 2 / Emperor): eigvals = variance
+                       of the clr logits per axis, proportion explained, features = clr
+                       loadings, samples = embeddings
+``loadings_clr.tsv``   ``feature_id`` then ``axis1..axisk`` (D rows)
+``loadings_ilr.tsv``   ``balance`` then ``axis1..axisk`` (D - 1 rows; tree node names for a tree)
+``correlations.tsv``   ``feature_a, feature_b, correlation, covariance``: strongest clr
+                       correlations, sorted by ``|correlation|`` (never D x D in memory)
+``scores.tsv``         ``sample_id, depth, negative_elbo, negative_elbo_per_read``
+``history.tsv``        one row per epoch (``MultinomialVAE.history_``)
+``filtered.tsv``       ``axis, id, reason``: samples/features dropped before fitting
+``loss.png``           train / validation loss per epoch
+``embedding.png``      first two axes, coloured by a metadata column when given
+=====================  ======================================================================
+
+Samples dropped before fitting (all-zero) are listed in ``filtered.tsv`` and left out of
+``embeddings.tsv``, ``ordination.txt`` and ``scores.tsv``, so those files never hold NaN.
+All tables are UTF-8, tab-separated, with a header row and floats written in full precision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from mvae.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import anndata
+    import pandas as pd
+
+    from mvae.model import MultinomialVAE
+
+__all__ = [
+    "ResultsDirectory",
+    "FIT_FILES",
+    "write_fit_results",
+    "write_tsv",
+    "write_ordination",
+    "add_run_info",
+    "package_versions",
+    "atomic_path",
+]
+
+#: Files ``mvae fit`` writes, in the order they are written.
+FIT_FILES = (
+    "model.safetensors",
+    "config.json",
+    "embeddings.tsv",
+    "ordination.txt",
+    "loadings_clr.tsv",
+    "loadings_ilr.tsv",
+    "correlations.tsv",
+    "scores.tsv",
+    "history.tsv",
+    "filtered.tsv",
+    "loss.png",
+    "embedding.png",
+)
+
+_PACKAGES = ("mvae", "torch", "numpy", "scipy", "pandas", "anndata", "scikit-bio",
+             "biom-format", "h5py", "safetensors", "click", "matplotlib", "tqdm")
+
+
+class ResultsDirectory:
+    """A directory whose files appear all at once.
+
+    Use as a context manager: files are written under :attr:`path` (a temporary sibling of
+    ``outdir``); a clean exit renames it to ``outdir``, an exception removes it and leaves any
+    existing ``outdir`` untouched.
+
+    Parameters
+    ----------
+    outdir : str or os.PathLike
+        The final directory. Missing parent directories are created.
+    force : bool
+        Replace an existing ``outdir`` (only at commit: if the run fails it is kept).
+
+    Raises
+    ------
+    InputError
+        On entry: ``outdir`` exists (without ``force``) or is a file, or its parent cannot be
+        created or written. On commit: the rename failed.
+
+    Examples
+    --------
+    >>> with ResultsDirectory("results/run1") as out:  # doctest: +SKIP
+    ...     (out.path / "a.tsv").write_text("x\\n")
+    """
+
+    def __init__(self, outdir: str | os.PathLike, *, force: bool = False):
+        self.outdir = Path(outdir)
+        self.force = force
+        self.path: Path | None = None
+
+    def __enter__(self) -> "ResultsDirectory":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def open(self) -> Path:
+        """Check the target and create the staging directory; returns its path."""
+        out = self.outdir
+        shown = str(out)
+        if out.exists() or out.is_symlink():
+            if not out.is_dir():
+                raise InputError(
+                    f"{shown}: exists and is not a directory. Choose another output directory."
+                )
+            if not self.force:
+                raise InputError(
+                    f"{shown}: already exists. Pass --force to replace it (it is replaced only "
+                    "once the new results are complete), or choose another output directory."
+                )
+        parent = out.absolute().parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}.mvae-tmp-", dir=parent))
+        except OSError as exc:
+            raise InputError(
+                f"{shown}: cannot create the output directory ({exc.strerror or exc}: "
+                f"{exc.filename or parent}). Choose a location you can write to."
+            ) from exc
+        return self.path
+
+    def commit(self) -> None:
+        """Rename the staging directory to ``outdir`` (replacing it when ``force``)."""
+        if self.path is None:
+            raise RuntimeError("ResultsDirectory.commit() before open()")
+        out = self.outdir
+        _normal_permissions(self.path)
+        old = None
+        try:
+            if out.exists() and self.force:
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.mvae-old-", dir=self.path.parent))
+                os.rmdir(old)
+                os.rename(out, old)
+            os.rename(self.path, out)
+        except OSError as exc:
+            if old is not None and not out.exists():
+                os.rename(old, out)  # put the previous results back
+            self.discard()
+            raise InputError(
+                f"{out}: cannot move the finished results into place ({exc}). Nothing was "
+                "changed; check the location and run again."
+            ) from exc
+        self.path = None
+        _fsync_dir(out.absolute().parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Remove the staging directory and everything in it."""
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _normal_permissions(directory: Path) -> None:
+    """Give the staged directory and its files the modes a plain mkdir/open would have.
+
+    ``mkdtemp`` makes the directory private (0700) and some writers create private files; a
+    results directory on a shared server should follow the user's umask instead.
+    """
+    mask = _umask()
+    try:
+        os.chmod(directory, 0o777 & ~mask)
+        for entry in directory.iterdir():
+            if entry.is_file() and not entry.is_symlink():
+                os.chmod(entry, 0o666 & ~mask)
+    except OSError:
+        pass  # permissions are a courtesy; the results are complete either way
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class atomic_path:
+    """Context manager giving a temporary path beside ``target``, renamed onto it on success.
+
+    For single output files (``mvae transform -o FILE``): a failed or interrupted write leaves
+    any previous ``target`` intact and no partial file under its name.
+    """
+
+    def __init__(self, target: str | os.PathLike):
+        self.target = Path(target)
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        shown = str(self.target)
+        if self.target.is_dir():
+            raise InputError(f"{shown}: is a directory; give a file name to write.")
+        parent = self.target.absolute().parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=parent)
+            os.close(fd)
+        except OSError as exc:
+            raise InputError(
+                f"{shown}: cannot write here ({exc.strerror or exc}: {exc.filename or parent}). "
+                "Choose a location you can write to."
+            ) from exc
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        tmp, self.tmp = self.tmp, None
+        if exc_type is not None:
+            tmp.unlink(missing_ok=True)
+            return
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
+            os.replace(tmp, self.target)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise InputError(f"{self.target}: cannot write the file ({err}).") from err
+
+
+def write_tsv(frame: "pd.DataFrame", path: str | os.PathLike, *, index: bool = True) -> None:
+    """A DataFrame as UTF-8 TSV with a header; floats in full (round-trip) precision."""
+    frame.to_csv(path, sep="\t", index=index, encoding="utf-8", lineterminator="\n")
+
+
+def write_ordination(
+    path: str | os.PathLike,
+    embeddings: "pd.DataFrame",
+    loadings: "pd.DataFrame",
+    explained_variance: Sequence[float],
+    proportion_explained: Sequence[float],
+) -> None:
+    """Write an embedding as a scikit-bio ``OrdinationResults`` text file.
+
+    Parameters
+    ----------
+    embeddings : pandas.DataFrame, shape (n_samples, k)
+        Sample coordinates ("Site" block).
+    loadings : pandas.DataFrame, shape (n_features, k)
+        Feature coordinates ("Species" block): the clr loadings.
+    explained_variance, proportion_explained : sequence of float, length k
+        "Eigvals" and "Proportion explained": the variance of the clr logits along each axis and
+        its share of the model's total clr variance (signal plus noise).
+    """
+    import pandas as pd
+    from skbio import OrdinationResults
+
+    axes = list(embeddings.columns)
+    result = OrdinationResults(
+        short_method_name="MVAE",
+        long_method_name="Multinomial variational autoencoder (ILR basis)",
+        eigvals=pd.Series(list(map(float, explained_variance)), index=axes),
+        samples=embeddings,
+        features=loadings,
+        proportion_explained=pd.Series(list(map(float, proportion_explained)), index=axes),
+    )
+    result.write(str(path), format="ordination")
+
+
+def package_versions() -> dict:
+    """Installed versions of mvae and the packages its results depend on (None if absent)."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def add_run_info(directory: str | os.PathLike, run: dict) -> None:
+    """Add a ``"run"`` section to the ``config.json`` that ``MultinomialVAE.save`` wrote.
+
+    ``MultinomialVAE.load`` reads only the keys it knows, so the model stays loadable.
+    """
+    path = Path(directory) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["run"] = run
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=1, ensure_ascii=False, default=_json_default),
+                   encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+
+def _axes(k: int) -> list[str]:
+    return [f"axis{i + 1}" for i in range(k)]
+
+
+def write_fit_results(
+    directory: str | os.PathLike,
+    model: "MultinomialVAE",
+    adata: "anndata.AnnData",
+    *,
+    run: dict,
+    top: int = 1000,
+    min_abs: float = 0.0,
+    colour: "pd.Series | None" = None,
+    colour_kind: str | None = None,
+    n_score_samples: int = 16,
+) -> list[str]:
+    """Write every file of a fit (see the module docstring) into ``directory``.
+
+    Parameters
+    ----------
+    directory : path
+        An existing, empty directory (normally ``ResultsDirectory.path``).
+    model : MultinomialVAE
+        Fitted on ``adata``.
+    adata : anndata.AnnData
+        The table the model was fitted on (its ``obsm["X_mvae"]`` holds the embeddings).
+    run : dict
+        Provenance added to ``config.json`` as ``"run"`` (the output list and the writing time
+        are added here).
+    top, min_abs : int, float
+        Edges in ``correlations.tsv``: at most ``top`` pairs with ``|correlation| >= min_abs``.
+    colour, colour_kind : pandas.Series, str, optional
+        Metadata values (indexed by sample id) to colour ``embedding.png`` by.
+    n_score_samples : int
+        Monte Carlo draws per sample for ``scores.tsv``.
+
+    Returns
+    -------
+    list of str
+        The file names written, in :data:`FIT_FILES` order.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from mvae.plots import plot_embedding, plot_loss
+
+    t0 = time.perf_counter()
+    d = Path(directory)
+    model.save(d)
+
+    dropped = set(model.filtered_.loc[model.filtered_["axis"] == "sample", "id"])
+    keep = np.array([s not in dropped for s in adata.obs_names])
+    sample_ids = pd.Index([str(s) for s in adata.obs_names[keep]], dtype=object, name="sample_id")
+    k = model.components_.shape[1]
+    axes = _axes(k)
+    emb = np.asarray(adata.obsm["X_mvae"])[keep]
+    embeddings = pd.DataFrame(emb, index=sample_ids, columns=axes)
+    write_tsv(embeddings, d / "embeddings.tsv")
+
+    loadings_clr = model.loadings("clr")
+    loadings_clr.index = pd.Index(loadings_clr.index, dtype=object, name="feature_id")
+    write_ordination(d / "ordination.txt", embeddings, loadings_clr, model.explained_variance_,
+                     model.explained_variance_ratio_)
+    write_tsv(loadings_clr, d / "loadings_clr.tsv")
+    loadings_ilr = model.loadings("ilr")
+    loadings_ilr.index = pd.Index(loadings_ilr.index, dtype=object, name="balance")
+    write_tsv(loadings_ilr, d / "loadings_ilr.tsv")
+
+    edges = model.network(top=top, min_abs=min_abs)
+    write_tsv(edges, d / "correlations.tsv", index=False)
+
+    kept = adata[keep]
+    scores = np.asarray(model.score_samples(kept, n_samples=n_score_samples), dtype=float)
+    depth = np.asarray(kept.X.sum(axis=1)).ravel()
+    write_tsv(pd.DataFrame({"depth": depth.astype(np.int64), "negative_elbo": scores,
+                            "negative_elbo_per_read": scores / depth}, index=sample_ids),
+              d / "scores.tsv")
+
+    write_tsv(model.history_, d / "history.tsv", index=False)
+    write_tsv(model.filtered_, d / "filtered.tsv", index=False)
+    plot_loss(model.history_, d / "loss.png", best_epoch=model.best_epoch_)
+    plot_embedding(embeddings, d / "embedding.png",
+                   colour=None if colour is None else colour.reindex(sample_ids),
+                   kind=colour_kind, proportion_explained=model.explained_variance_ratio_)
+
+    run = dict(run)
+    run["outputs"] = list(FIT_FILES)
+    run["write_seconds"] = round(time.perf_counter() - t0, 3)
+    add_run_info(d, run)
+    return list(FIT_FILES)

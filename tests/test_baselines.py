@@ -1,0 +1,150 @@
+"""Baselines against dense eigendecompositions, scikit-bio and hand-worked values."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.sparse as sp
+
+from mvae.baselines import (
+    PCAResult,
+    clr_pca,
+    mr_pca,
+    multiplicative_replacement,
+    sample_clr_covariance,
+)
+from mvae.covariance import LowRankCovariance
+from mvae.errors import InputError
+
+
+def _counts(n, d, seed, rate=5.0):
+    rng = np.random.default_rng(seed)
+    mean = rate * np.exp(rng.normal(0.0, 1.0, size=d) + 0.5 * rng.standard_normal((n, d)))
+    return rng.poisson(mean)
+
+
+def _clr(table):
+    """Reference clr written out: log minus the row mean of the logs."""
+    logs = np.log(table)
+    return logs - logs.mean(axis=1, keepdims=True)
+
+
+def _ppca_reference(y, k):
+    """Tipping & Bishop PPCA from a dense eigendecomposition of the sample covariance."""
+    d = y.shape[1]
+    c = np.cov(y, rowvar=False)
+    eig, vec = np.linalg.eigh(c)
+    eig, vec = eig[::-1], vec[:, ::-1]  # descending; the last one is the 1 direction (~0)
+    sigma2 = eig[k : d - 1].mean() if k < d - 1 else 0.0
+    low = vec[:, :k] @ np.diag(eig[:k] - sigma2) @ vec[:, :k].T
+    return c, eig[:k], sigma2, low, vec[:, :k]
+
+
+@pytest.mark.parametrize("n,d,k", [(80, 15, 3), (12, 40, 4), (30, 6, 5)])
+def test_clr_pca_is_ppca_of_clr_covariance(n, d, k):
+    x = _counts(n, d, seed=n + d)
+    y = _clr(x + 1.0)
+    c, top, sigma2, low, vec = _ppca_reference(y, k)
+    res = clr_pca(x, k)
+    assert isinstance(res, PCAResult)
+    assert res.embeddings.shape == (n, k) and res.loadings_clr.shape == (d, k)
+    np.testing.assert_allclose(res.explained_variance, top, rtol=1e-9)
+    np.testing.assert_allclose(res.noise_variance, sigma2, rtol=1e-9, atol=1e-14)
+    w = res.loadings_clr
+    np.testing.assert_allclose(w @ w.T, low, atol=1e-9)
+    np.testing.assert_allclose(w.sum(axis=0), 0.0, atol=1e-10)
+    np.testing.assert_allclose(res.mean_clr, y.mean(axis=0), atol=1e-12)
+    # embeddings are the PCA scores, up to the sign of each axis
+    scores = (y - y.mean(axis=0)) @ vec
+    np.testing.assert_allclose(np.abs(res.embeddings), np.abs(scores), atol=1e-8)
+    # the covariance object is the PPCA covariance W W^T + sigma^2 H
+    cov = res.covariance
+    assert isinstance(cov, LowRankCovariance) and cov.space == "clr"
+    h = np.eye(d) - np.ones((d, d)) / d
+    np.testing.assert_allclose(cov.dense(), low + sigma2 * h, atol=1e-9)
+    # and it keeps the total clr variance: trace(W W^T + sigma^2 H) = trace(C)
+    np.testing.assert_allclose(np.trace(cov.dense()), np.trace(c), rtol=1e-9)
+
+
+def test_clr_pca_recovers_noise_free_low_rank_subspace_exactly():
+    rng = np.random.default_rng(0)
+    n, d, k = 100, 30, 4
+    w, _ = np.linalg.qr(rng.standard_normal((d, k)) - rng.standard_normal((1, k)))
+    w = w - w.mean(axis=0)  # clr loadings (columns sum to zero)
+    z = rng.standard_normal((n, k))
+    logits = z @ w.T + rng.normal(0, 1, size=d)  # exactly rank k after centring
+    x = 1000.0 * np.exp(logits)  # positive "counts": the clr of x is H logits
+    res = clr_pca(x, k, pseudocount=0.0)
+    assert np.max(scipy.linalg.subspace_angles(res.loadings_clr, w)) < 1e-6
+    assert res.noise_variance < 1e-20
+    # the embeddings are an invertible linear map of z
+    beta, *_ = scipy.linalg.lstsq(res.embeddings, z - z.mean(axis=0))
+    np.testing.assert_allclose(res.embeddings @ beta, z - z.mean(axis=0), atol=1e-8)
+
+
+def test_sparse_input_equals_dense_input():
+    x = _counts(40, 20, seed=1, rate=0.5)
+    assert (x == 0).mean() > 0.2
+    a = clr_pca(x, 3)
+    b = clr_pca(sp.csr_matrix(x), 3)
+    np.testing.assert_allclose(a.loadings_clr, b.loadings_clr, atol=1e-12)
+    np.testing.assert_allclose(
+        sample_clr_covariance(x), sample_clr_covariance(sp.csc_matrix(x)), atol=1e-12
+    )
+
+
+def test_sample_clr_covariance_against_numpy():
+    x = _counts(50, 10, seed=2, rate=2.0)
+    got = sample_clr_covariance(x, pseudocount=0.5)
+    np.testing.assert_allclose(got, np.cov(_clr(x + 0.5), rowvar=False), atol=1e-12)
+    # the same as H cov(log(x + c)) H: clr is a linear map of the logs
+    h = np.eye(10) - np.ones((10, 10)) / 10
+    np.testing.assert_allclose(got, h @ np.cov(np.log(x + 0.5), rowvar=False) @ h, atol=1e-12)
+    np.testing.assert_allclose(got.sum(axis=0), 0.0, atol=1e-12)
+
+
+def test_multiplicative_replacement_hand_worked():
+    # skbio's documented example, D = 4 so delta = 1/16
+    x = np.array([[2, 4, 4, 0], [0, 5, 5, 0]])
+    expected = np.array([[0.1875, 0.375, 0.375, 0.0625], [0.0625, 0.4375, 0.4375, 0.0625]])
+    np.testing.assert_allclose(multiplicative_replacement(x), expected, atol=1e-15)
+    got = multiplicative_replacement(np.array([[1.0, 3.0, 0.0]]), delta=0.1)
+    np.testing.assert_allclose(got, [[0.225, 0.675, 0.1]], atol=1e-15)
+    assert x[0, 3] == 0  # input not modified
+
+
+def test_multiplicative_replacement_matches_scikit_bio():
+    from skbio.stats.composition import multi_replace  # slow import: only here
+
+    x = _counts(30, 25, seed=3, rate=1.0)
+    assert (x == 0).any()
+    np.testing.assert_allclose(multiplicative_replacement(x), multi_replace(x), rtol=1e-12)
+    np.testing.assert_allclose(
+        multiplicative_replacement(x, delta=1e-4), multi_replace(x, delta=1e-4), rtol=1e-12
+    )
+
+
+def test_mr_pca_is_ppca_of_replaced_clr():
+    x = _counts(60, 12, seed=4, rate=1.0)
+    y = _clr(multiplicative_replacement(x))
+    _, top, sigma2, low, _ = _ppca_reference(y, 3)
+    res = mr_pca(x, 3)
+    np.testing.assert_allclose(res.explained_variance, top, rtol=1e-9)
+    np.testing.assert_allclose(res.noise_variance, sigma2, rtol=1e-9)
+    np.testing.assert_allclose(res.loadings_clr @ res.loadings_clr.T, low, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: clr_pca(np.array([[1, -1], [2, 3]]), 1), "negative value -1.0 at sample 0"),
+        (lambda: clr_pca(np.ones((5, 4)), 4), "n_components"),
+        (lambda: clr_pca(np.ones((5, 4)), 1, pseudocount=-1), "pseudocount"),
+        (lambda: clr_pca(np.array([[0, 1], [1, 1]]), 1, pseudocount=0), "sample 0, feature 0"),
+        (lambda: multiplicative_replacement(np.array([[0, 0], [1, 1]])), "sample 0 has no counts"),
+        (lambda: multiplicative_replacement(np.array([[0, 0, 1]]), delta=0.5), "delta"),
+        (lambda: sample_clr_covariance(np.ones(5)), "2-D"),
+    ],
+)
+def test_errors_name_the_problem(call, match):
+    with pytest.raises(InputError, match=match):
+        call()
