@@ -36,7 +36,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     early_stopping: bool = True
     patience: int = 20
-    min_delta: float = 1e-4
+    min_delta: float = 0.0
     kl_warmup_epochs: int = 0
     max_grad_norm: float = 1e3
     progress: bool = False

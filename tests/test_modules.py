@@ -57,8 +57,9 @@ def _reference_loss(m, counts, Psi, seed):
     gen = torch.Generator().manual_seed(seed)
     S, B, D = cfg.n_mc_samples, counts.shape[0], cfg.n_features
     if cfg.objective == "marginal":
-        mean = m.mean_head(h) + Psi @ b  # posterior over the D lifted logits, centred on Ψb
-        var = m.log_var_head(h).exp()
+        # posterior over the D lifted logits, centred on Ψb, with the per-feature skip from Ψu
+        mean = m.mean_head(h) + Psi @ b + m.skip_mean * (u @ Psi.T)
+        var = (m.log_var_head(h) + m.skip_log_var * torch.log1p(counts / cfg.pseudocount)).exp()
         eps = torch.randn((S, B, D), dtype=counts.dtype, generator=gen)
         logits = mean + eps * var.sqrt()
         Sigma = Psi @ W @ W.T @ Psi.T + sigma**2 * torch.eye(D, dtype=counts.dtype)

@@ -111,6 +111,12 @@ class MultinomialVAEModule(nn.Module):
         out = D if config.objective == "marginal" else k
         self.mean_head = nn.Linear(H, out)
         self.log_var_head = nn.Linear(H, out)
+        if config.objective == "marginal":
+            # Per-feature skip from the centred log-ratio input to the posterior of ℓ: with deep
+            # sequencing the posterior mean of ℓ_d is close to log(x_d + c) and its variance falls
+            # with x_d, which a width-H bottleneck cannot carry for D > H features. O(B D) extra.
+            self.skip_mean = nn.Parameter(torch.full((D,), 0.5))
+            self.skip_log_var = nn.Parameter(torch.full((D,), -0.5))
         # Decoder. Columns of loadings and the bias are centred when used (see `loadings`).
         self.loadings_raw = nn.Parameter(torch.randn(D, k) * (0.5 / D**0.5))
         self.bias_raw = nn.Parameter(torch.zeros(D))
@@ -163,11 +169,18 @@ class MultinomialVAEModule(nn.Module):
     # ---- inference -------------------------------------------------------------------------
     def encode(self, counts: torch.Tensor) -> Posterior:
         """Approximate posterior from counts (B, D): over ℓ (marginal) or z (sampled)."""
-        h = self.encoder(log_ratio_input(counts, self.config.pseudocount))  # (B, H)
+        y = log_ratio_input(counts, self.config.pseudocount)  # (B, D), zeros stay zero
+        h = self.encoder(y)  # (B, H)
         mean = self.mean_head(h)  # (B, D) or (B, k)
+        log_var = self.log_var_head(h)
         if self.config.objective == "marginal":
-            mean = mean + self.bias  # centre the posterior of ℓ on the prior mean
-        return Posterior(mean, self.log_var_head(h))
+            y = y.to_dense() if y.is_sparse else y
+            clr_in = y - self.encoder.input_layer.centre
+            clr_in = clr_in - clr_in.mean(-1, keepdim=True)  # H(y − m) = Ψu, (B, D)
+            # posterior of ℓ centred on the prior mean, plus the per-feature skip
+            mean = mean + self.bias + self.skip_mean * clr_in
+            log_var = log_var + self.skip_log_var * y
+        return Posterior(mean, log_var)
 
     def latent_mean(self, counts: torch.Tensor) -> torch.Tensor:
         """E[z | x] under the approximate posterior, shape (B, k)."""
