@@ -15,8 +15,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -120,8 +123,54 @@ def evaluate(module, data, batch_size: int, seed: int) -> float:
     return total / len(data)
 
 
+class _SignalFlag:
+    """Record SIGTERM/SIGINT during training instead of dying mid-step (main thread only)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, enabled: bool):
+        self.received: int | None = None
+        self._previous = {}
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def _handler(self, signum, frame):
+        self.received = signum
+
+    def __enter__(self):
+        if self.enabled:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+CHECKPOINT_FORMAT = "mvae-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _history_state(history: History) -> dict:
+    return {name: list(getattr(history, name)) for name in _HISTORY_FIELDS}
+
+
+def _history_from(state: dict, best_epoch, stopped) -> History:
+    h = History(**{name: list(state[name]) for name in _HISTORY_FIELDS})
+    h.best_epoch = best_epoch
+    h.stopped_early = stopped
+    return h
+
+
+_HISTORY_FIELDS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "kl_weight",
+                   "validation_loss", "seconds")
+
+
 def train_module(module: torch.nn.Module, train_data, validation_data=None,
-                 config: TrainConfig = TrainConfig()) -> History:
+                 config: TrainConfig = TrainConfig(), *, checkpoint_path=None,
+                 checkpoint_every: int = 0, fingerprint: str = "", resume: bool = False,
+                 handle_signals: bool = True, on_step=None) -> History:
     """Fit ``module`` by stochastic gradient descent on the negative ELBO.
 
     Parameters
@@ -131,6 +180,21 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
     train_data, validation_data
         Objects with ``len()``, ``device``, ``batch(index)`` and ``chunks(size)``.
     config : TrainConfig
+    checkpoint_path : path, optional
+        Where to keep the checkpoint (model, optimiser, epoch and step, the epoch's shuffle order,
+        every random generator's state, history and early-stopping state), written atomically.
+    checkpoint_every : int
+        Write it every this many epochs (0: only when interrupted).
+    fingerprint : str
+        Identifies the data and settings; a checkpoint with another fingerprint is not resumed.
+    resume : bool
+        Continue from ``checkpoint_path`` if it exists; the result is bitwise equal to an
+        uninterrupted run with the same thread count.
+    handle_signals : bool
+        On SIGTERM/SIGINT finish the current step, write the checkpoint and raise
+        :class:`~mvae.errors.TrainingInterrupted`.
+    on_step : callable(epoch, step), optional
+        Called after every optimiser step (epochs and steps counted from 1); for progress and tests.
 
     Returns
     -------
@@ -140,8 +204,14 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
     Raises
     ------
     TrainingError
-        On a non-finite loss or gradient, naming the epoch and step.
+        On a non-finite loss or gradient, naming the epoch and step (no checkpoint is written then,
+        so the last good one survives).
+    TrainingInterrupted
+        After a signal, once the checkpoint is written.
     """
+    from .checkpoint import load_checkpoint, save_checkpoint, sweep_temporary
+    from .errors import InputError, TrainingInterrupted
+
     device = train_data.device
     gen = torch.Generator(device=device).manual_seed(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed + 1)
@@ -153,64 +223,143 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
     n = len(train_data)
     bs = min(config.batch_size, n)
     n_steps = max(1, n // bs)  # drop the ragged last batch: equal-sized steps
-    epochs = range(config.max_epochs)
+    start_epoch, start_step = 0, 0
+    order = None
+    sums = np.zeros(3)
+
+    if checkpoint_path is not None:
+        sweep_temporary(Path(checkpoint_path).parent)
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        ck = load_checkpoint(checkpoint_path)
+        if ck.get("format") != CHECKPOINT_FORMAT or ck.get("version") != CHECKPOINT_VERSION:
+            raise InputError(f"{checkpoint_path}: not an mvae checkpoint of version "
+                             f"{CHECKPOINT_VERSION}")
+        if ck.get("fingerprint") != fingerprint:
+            raise InputError(f"{checkpoint_path}: was written for different data or settings; "
+                             "refusing to resume (start afresh without resume, or use the "
+                             "original table and options)")
+        module.load_state_dict(ck["module"])
+        optimiser.load_state_dict(ck["optimiser"])
+        gen.set_state(ck["gen_state"])
+        shuffle.set_state(ck["shuffle_state"])
+        torch.set_rng_state(ck["torch_rng"])
+        history = _history_from(ck["history"], ck["best_epoch"], False)
+        best = float(ck["best"])
+        best_state = ck["best_state"] or None
+        since_best = int(ck["since_best"])
+        start_epoch, start_step = int(ck["epoch"]), int(ck["step"])
+        order = ck["order"] if start_step > 0 else None
+        sums = ck["sums"].numpy().copy()
+        if ck.get("finished"):
+            module.load_state_dict(ck["final_module"])
+            module.eval()
+            history.stopped_early = bool(ck.get("stopped_early"))
+            return history
+
+    def checkpoint(epoch: int, step: int, finished: bool = False, stopped: bool = False):
+        if checkpoint_path is None:
+            return
+        save_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "fingerprint": fingerprint,
+            "module": module.state_dict(), "optimiser": optimiser.state_dict(),
+            "gen_state": gen.get_state(), "shuffle_state": shuffle.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch, "step": step,
+            "order": order if order is not None else torch.empty(0, dtype=torch.int64),
+            "sums": torch.as_tensor(sums), "history": _history_state(history),
+            "best": best, "best_epoch": history.best_epoch, "best_state": best_state or {},
+            "since_best": since_best, "finished": finished, "stopped_early": stopped,
+            "final_module": module.state_dict() if finished else {},
+        })
+
     bar = None
     if config.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.max_epochs, desc="fit", unit="epoch", leave=False)
+        bar = tqdm(total=config.max_epochs, initial=start_epoch, desc="fit", unit="epoch",
+                   leave=False)
     module.train()
-    for epoch in epochs:
-        t0 = time.perf_counter()
-        w = _kl_weight(epoch, config.kl_warmup_epochs)
-        order = torch.randperm(n, generator=shuffle)
-        sums = np.zeros(3)
-        for step in range(n_steps):
-            batch = train_data.batch(order[step * bs:(step + 1) * bs])
-            terms = module.loss(batch, generator=gen)
-            loss = terms.negative_elbo(w).mean()
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {float(loss)} at epoch {epoch + 1}, step "
-                                    f"{step + 1}; try a lower learning rate")
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            try:
-                torch.nn.utils.clip_grad_norm_(module.parameters(), config.max_grad_norm,
-                                               error_if_nonfinite=True)
-            except RuntimeError as exc:
-                raise TrainingError(f"a non-finite gradient appeared at epoch {epoch + 1}, step "
-                                    f"{step + 1}; try a lower learning rate") from exc
-            optimiser.step()
-            sums += (loss.item(), terms.reconstruction.detach().mean().item(),
-                     terms.kl.detach().mean().item())
-        sums /= n_steps
-        valid = (evaluate(module, validation_data, 1024, config.seed + 2)
-                 if validation_data is not None and len(validation_data) else math.nan)
-        history.epoch.append(epoch + 1)
-        history.train_loss.append(sums[0])
-        history.train_reconstruction.append(sums[1])
-        history.train_kl.append(sums[2])
-        history.kl_weight.append(w)
-        history.validation_loss.append(valid)
-        history.seconds.append(time.perf_counter() - t0)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{sums[0]:.4g}", valid=f"{valid:.4g}")
-        monitored = valid if not math.isnan(valid) else sums[0]
-        # Only count improvement once the KL weight is 1: earlier losses are not comparable.
-        if w >= 1.0 and monitored < best - config.min_delta * abs(best if math.isfinite(best) else 1):
-            best = monitored
-            history.best_epoch = epoch + 1
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            since_best = 0
-        elif w >= 1.0:
-            since_best += 1
-            if config.early_stopping and since_best >= config.patience:
-                history.stopped_early = True
+    stopped = False
+    with _SignalFlag(handle_signals) as flag:
+        for epoch in range(start_epoch, config.max_epochs):
+            t0 = time.perf_counter()
+            w = _kl_weight(epoch, config.kl_warmup_epochs)
+            first = start_step if epoch == start_epoch else 0
+            if first == 0:
+                order = torch.randperm(n, generator=shuffle)
+                sums = np.zeros(3)
+            for step in range(first, n_steps):
+                batch = train_data.batch(order[step * bs:(step + 1) * bs])
+                terms = module.loss(batch, generator=gen)
+                loss = terms.negative_elbo(w).mean()
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, step "
+                                        f"{step + 1}; try a lower learning rate")
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                try:
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), config.max_grad_norm,
+                                                   error_if_nonfinite=True)
+                except RuntimeError as exc:
+                    raise TrainingError(f"a non-finite gradient appeared at epoch {epoch + 1}, "
+                                        f"step {step + 1}; try a lower learning rate") from exc
+                optimiser.step()
+                sums += (loss.item(), terms.reconstruction.detach().mean().item(),
+                         terms.kl.detach().mean().item())
+                if on_step is not None:
+                    on_step(epoch + 1, step + 1)
+                if flag.received is not None and step + 1 < n_steps:
+                    checkpoint(epoch, step + 1)
+                    raise TrainingInterrupted(
+                        f"interrupted by signal {flag.received} at epoch {epoch + 1}, step "
+                        f"{step + 1}; checkpoint written to {checkpoint_path}",
+                        flag.received, checkpoint_path)
+            mean = [float(v) for v in sums / n_steps]  # plain floats: checkpoints hold no numpy
+            valid = float(evaluate(module, validation_data, 1024, config.seed + 2)
+                          if validation_data is not None and len(validation_data) else math.nan)
+            history.epoch.append(epoch + 1)
+            history.train_loss.append(mean[0])
+            history.train_reconstruction.append(mean[1])
+            history.train_kl.append(mean[2])
+            history.kl_weight.append(float(w))
+            history.validation_loss.append(valid)
+            history.seconds.append(float(time.perf_counter() - t0))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{mean[0]:.4g}", valid=f"{valid:.4g}")
+            monitored = valid if not math.isnan(valid) else mean[0]
+            # Only count improvement once the KL weight is 1: earlier losses are not comparable.
+            if w >= 1.0 and monitored < best - config.min_delta * abs(
+                    best if math.isfinite(best) else 1):
+                best = monitored
+                history.best_epoch = epoch + 1
+                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                since_best = 0
+            elif w >= 1.0:
+                since_best += 1
+                if config.early_stopping and since_best >= config.patience:
+                    stopped = True
+            order = None
+            if stopped or epoch + 1 == config.max_epochs:
                 break
-    if bar is not None:
-        bar.close()
-    if config.early_stopping and best_state is not None:
-        module.load_state_dict(best_state)
-    module.eval()
+            if flag.received is not None:
+                checkpoint(epoch + 1, 0)
+                raise TrainingInterrupted(
+                    f"interrupted by signal {flag.received} after epoch {epoch + 1}; checkpoint "
+                    f"written to {checkpoint_path}", flag.received, checkpoint_path)
+            if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
+                checkpoint(epoch + 1, 0)
+        if bar is not None:
+            bar.close()
+        history.stopped_early = stopped
+        if config.early_stopping and best_state is not None:
+            module.load_state_dict(best_state)
+        module.eval()
+        # the finished state: a resume after this point returns the same result without training
+        checkpoint(len(history.epoch), 0, finished=True, stopped=stopped)
+        if flag.received is not None:  # the signal came during the last step: work is complete
+            raise TrainingInterrupted(
+                f"interrupted by signal {flag.received} at the end of training; the finished "
+                f"state is in {checkpoint_path}", flag.received, checkpoint_path)
     return history

@@ -1,0 +1,124 @@
+"""Crash-safe files: atomic writes and the one place torch's checkpoint format is read.
+
+A checkpoint is written to a temporary file in the same directory, flushed and fsync-ed, renamed over
+the old one with ``os.replace`` (atomic on POSIX), and the directory is fsync-ed so the rename itself
+survives a power cut. A reader therefore sees either the previous checkpoint or the new one, never a
+half-written file. Stale temporary files from a killed writer are swept by :func:`sweep_temporary`.
+
+Checkpoints hold tensors, numbers and strings only, and are read exclusively through
+:func:`load_checkpoint`, which passes ``weights_only=True`` to ``torch.load`` explicitly: with that
+flag torch refuses any pickle that would construct arbitrary objects, so a planted file cannot run
+code, even when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set in the environment. There is no
+fallback to a full unpickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import ModelFileError
+
+__all__ = ["atomic_write_bytes", "save_checkpoint", "load_checkpoint", "sweep_temporary",
+           "sha256_file", "TMP_PREFIX"]
+
+TMP_PREFIX = ".mvae-tmp-"
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``, directory fsync).
+
+    If anything fails, the previous file at ``path`` is left untouched and no temporary file remains.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def sweep_temporary(directory) -> int:
+    """Remove temporary files left by an interrupted :func:`atomic_write_bytes`; return how many."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    for p in directory.glob(TMP_PREFIX + "*"):
+        try:
+            p.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Serialise ``state`` (tensors, numbers, strings, lists and dicts of them) atomically."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`, refusing anything but plain data.
+
+    Raises
+    ------
+    ModelFileError
+        The file is missing, empty, truncated, not a torch checkpoint, or holds anything other than
+        tensors and plain containers (e.g. a pickle that would run code).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: checkpoint is empty (0 bytes)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise ModelFileError(
+            f"{path}: not a readable mvae checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'})") from exc
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path}: checkpoint does not hold a state dictionary")
+    return state
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
