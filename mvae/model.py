@@ -286,6 +286,7 @@ class MultinomialVAE:
         counts = filtered.X
         n, D = counts.shape
         self._check_params(D)
+        _warn_about_counts(counts, filtered.sample_ids, filtered.feature_ids)
         device = resolve_device(self.device)
         seed = (int(self.random_state) if self.random_state is not None
                 else int(np.random.default_rng().integers(2**31 - 1)))
@@ -336,6 +337,15 @@ class MultinomialVAE:
         self.best_epoch_ = history.best_epoch
         self.train_depths_ = np.asarray(train_counts.sum(axis=1)).ravel()
         self._set_ordered_form()
+        collapsed = np.flatnonzero(self.explained_variance_ < COLLAPSE_RATIO * self.noise_variance_)
+        self.collapsed_dims_ = collapsed
+        if len(collapsed):
+            warnings.warn(
+                f"{len(collapsed)} of {self.n_latent} latent dimensions collapsed (axes "
+                f"{[int(i) + 1 for i in collapsed]} explain less than {COLLAPSE_RATIO:g} x the "
+                f"noise variance); the table supports fewer dimensions: consider "
+                f"n_latent={self.n_latent - len(collapsed)}", CollapsedDimensionsWarning,
+                stacklevel=2)
         if _is_anndata(X):
             self._write_anndata(X, counts, filtered)
         return self
@@ -616,14 +626,51 @@ class MultinomialVAE:
             model.basis_ = basis_from_config(config["basis"])
             model.history_ = pd.DataFrame(config["history"])
             model.filtered_ = pd.DataFrame(config["filtered"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            model._check_params(mconf.n_features)
+            if (mconf.n_latent, mconf.encoder_depth, mconf.n_hidden, mconf.objective) != (
+                    model.n_latent, model.encoder_depth, model.n_hidden, model.objective):
+                raise ValueError("params and module_config disagree")
+        except (KeyError, TypeError, ValueError, RuntimeError, InputError) as exc:
+            detail = " ".join(str(exc).split())[:300]  # one line, bounded
             raise ModelFileError(f"{path}: the config and tensors do not describe a valid model "
-                                 f"({type(exc).__name__}: {exc})") from exc
+                                 f"({type(exc).__name__}: {detail})") from exc
         if len(model.feature_ids_) != mconf.n_features:
             raise ModelFileError(f"{cfg_path}: {len(model.feature_ids_)} feature ids but the "
                                  f"tensors have {mconf.n_features} features")
         model._set_ordered_form()
         return model
+
+
+#: An axis whose variance is below this fraction of σ² counts as collapsed.
+COLLAPSE_RATIO = 0.01
+#: Samples with fewer reads than this get a warning naming them.
+LOW_DEPTH = 50
+#: float32 represents every integer up to 2**24 exactly; counts above are rounded in training.
+FLOAT32_EXACT = 2**24
+
+
+class CollapsedDimensionsWarning(UserWarning):
+    """Some latent dimensions carry (almost) no variance after fitting."""
+
+
+class CountsWarning(UserWarning):
+    """Counts that will fit but deserve a look (very shallow samples, huge counts)."""
+
+
+def _warn_about_counts(counts, sample_ids, feature_ids) -> None:
+    depths = np.asarray(counts.sum(axis=1)).ravel()
+    low = np.flatnonzero(depths < LOW_DEPTH)
+    if len(low):
+        shown = ", ".join(f"{sample_ids[i]!r} ({int(depths[i])})" for i in low[:5])
+        warnings.warn(f"{len(low)} samples have fewer than {LOW_DEPTH} reads: {shown}"
+                      f"{' ...' if len(low) > 5 else ''}; their embeddings are uncertain and they "
+                      "may score as anomalies", CountsWarning, stacklevel=3)
+    if counts.nnz and counts.data.max() > FLOAT32_EXACT:
+        j = int(np.argmax(counts.data))
+        row = int(np.searchsorted(counts.indptr, j, side="right") - 1)
+        warnings.warn(f"counts above 2**24 (largest {int(counts.data[j])}, sample "
+                      f"{sample_ids[row]!r}, feature {feature_ids[counts.indices[j]]!r}) are "
+                      "rounded to float32 in training", CountsWarning, stacklevel=3)
 
 
 #: Largest number of matrix entries (samples x features) used for the PCA initialisation.

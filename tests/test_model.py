@@ -244,3 +244,27 @@ def test_fit_does_not_modify_input_or_global_torch_state():
     np.testing.assert_array_equal(X, before)
     assert torch.get_num_threads() == threads
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_warns_about_shallow_samples_and_huge_counts():
+    from mvae.model import CountsWarning
+
+    X = _table(n=30, D=6).astype(np.int64)
+    X[4] = [3, 2, 1, 0, 0, 1]
+    X[7, 2] = 2**25
+    with pytest.warns(CountsWarning) as rec:
+        MultinomialVAE(n_latent=1, random_state=0, **{**FAST, "max_epochs": 2}).fit(X)
+    text = " ".join(str(w.message) for w in rec)
+    assert "sample4" in text and "(7)" in text
+    assert "2**24" in text and "33554432" in text and "sample7" in text and "feature2" in text
+
+
+def test_collapsed_dimensions_are_reported():
+    from mvae.model import CollapsedDimensionsWarning
+
+    rng = np.random.default_rng(0)
+    # pure multinomial noise around one composition: no latent structure to find
+    X = rng.multinomial(2000, np.full(8, 1 / 8), size=80)
+    with pytest.warns(CollapsedDimensionsWarning, match="collapsed"):
+        m = MultinomialVAE(n_latent=4, random_state=0, threads=1, max_epochs=150).fit(X)
+    assert len(m.collapsed_dims_) >= 1
