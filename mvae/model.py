@@ -58,6 +58,11 @@ class MultinomialVAE:
     objective : {"marginal", "sampled"}
         ``marginal`` integrates z out analytically (learns σ and the spectrum of W);
         ``sampled`` is catvae's form, kept for comparison.
+    posterior : {"lowrank", "full"}
+        Parametrisation of the ``marginal`` objective's posterior over the D logits. ``lowrank``:
+        mean b̃ + W̃ g(u) + a ⊙ clr(log(x + c)) and variance exp(s(u) + c_d + β_d log(x_d/c + 1)),
+        so the encoder costs O(D (H + k)) per sample like a plain VAE; ``full``: width-H → D heads
+        for mean and variance plus the same per-feature terms (3x the cost at large D).
     basis : {"helmert", "balanced", "tree"}
         ILR basis used to report loadings and covariances in balance coordinates. Training does not
         depend on it (it runs in clr coordinates).
@@ -101,7 +106,8 @@ class MultinomialVAE:
     """
 
     def __init__(self, n_latent: int = 10, *, encoder_depth: int = 2, n_hidden: int = 128,
-                 pseudocount: float = 1.0, objective: str = "marginal", basis: str = "helmert",
+                 pseudocount: float = 1.0, objective: str = "marginal",
+                 posterior: str = "full", basis: str = "helmert",
                  tree=None, activation: str = "gelu", dropout: float = 0.0, n_mc_samples: int = 1,
                  batch_size: int = 128, max_epochs: int | None = None,
                  learning_rate: float = 3e-3,
@@ -114,6 +120,7 @@ class MultinomialVAE:
         self.n_hidden = n_hidden
         self.pseudocount = pseudocount
         self.objective = objective
+        self.posterior = posterior
         self.basis = basis
         self.tree = tree
         self.activation = activation
@@ -157,6 +164,7 @@ class MultinomialVAE:
              and self.pseudocount > 0, "pseudocount", "need a finite number > 0")
         need(self.objective in ("marginal", "sampled"), "objective",
              "choose 'marginal' or 'sampled'")
+        need(self.posterior in ("lowrank", "full"), "posterior", "choose 'lowrank' or 'full'")
         need(self.basis in _BASES, "basis", f"choose one of {_BASES}")
         need(self.basis != "tree" or self.tree is not None, "tree",
              "basis='tree' needs a Newick tree (tree=...)")
@@ -309,7 +317,7 @@ class MultinomialVAE:
                             encoder_depth=int(self.encoder_depth),
                             pseudocount=float(self.pseudocount), objective=self.objective,
                             activation=self.activation, dropout=float(self.dropout),
-                            n_mc_samples=int(self.n_mc_samples))
+                            n_mc_samples=int(self.n_mc_samples), posterior=self.posterior)
         with torch_threads(self.threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = MultinomialVAEModule(config)

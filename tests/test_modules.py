@@ -20,10 +20,11 @@ BASES = {
 }
 
 
-def _module(D, k, objective, depth=2, seed=0, pseudocount=0.5):
+def _module(D, k, objective, depth=2, seed=0, pseudocount=0.5, posterior="lowrank"):
     torch.manual_seed(seed)
     cfg = MVAEConfig(n_features=D, n_latent=k, n_hidden=6, encoder_depth=depth,
-                     pseudocount=pseudocount, objective=objective, n_mc_samples=2)
+                     pseudocount=pseudocount, objective=objective, n_mc_samples=2,
+                     posterior=posterior)
     m = MultinomialVAEModule(cfg).double()
     rng = np.random.default_rng(seed)
     with torch.no_grad():  # move away from the symmetric initial state
@@ -58,8 +59,12 @@ def _reference_loss(m, counts, Psi, seed):
     S, B, D = cfg.n_mc_samples, counts.shape[0], cfg.n_features
     if cfg.objective == "marginal":
         # posterior over the D lifted logits, centred on Ψb, with the per-feature skip from Ψu
-        mean = m.mean_head(h) + Psi @ b + m.skip_mean * (u @ Psi.T)
-        var = (m.log_var_head(h) + m.skip_log_var * torch.log1p(counts / cfg.pseudocount)).exp()
+        head = m.mean_head(h)
+        if cfg.posterior == "lowrank":  # k coordinates mapped through the clr image of W
+            head = head @ (Psi @ W).T
+        mean = head + Psi @ b + m.skip_mean * (u @ Psi.T)
+        var = (m.log_var_head(h) + m.feature_log_var
+               + m.skip_log_var * torch.log1p(counts / cfg.pseudocount)).exp()
         eps = torch.randn((S, B, D), dtype=counts.dtype, generator=gen)
         logits = mean + eps * var.sqrt()
         Sigma = Psi @ W @ W.T @ Psi.T + sigma**2 * torch.eye(D, dtype=counts.dtype)
@@ -83,11 +88,12 @@ def _reference_loss(m, counts, Psi, seed):
 
 
 @pytest.mark.parametrize("basis", sorted(BASES))
-@pytest.mark.parametrize("objective", ["marginal", "sampled"])
+@pytest.mark.parametrize("objective,posterior", [("marginal", "lowrank"), ("marginal", "full"),
+                                                 ("sampled", "lowrank")])
 @pytest.mark.parametrize("layout", ["dense", "sparse"])
-def test_clr_module_equals_dense_psi_reference(basis, objective, layout):
+def test_clr_module_equals_dense_psi_reference(basis, objective, posterior, layout):
     D, k = 9, 3
-    m = _module(D, k, objective)
+    m = _module(D, k, objective, posterior=posterior)
     counts = _counts(D)
     Psi = BASES[basis](D).dense()
     want = _reference_loss(m, counts, Psi, seed=11)

@@ -48,6 +48,7 @@ from .encoder import Encoder, log_ratio_input
 __all__ = ["MVAEConfig", "LossTerms", "Posterior", "MultinomialVAEModule", "OBJECTIVES"]
 
 OBJECTIVES = ("marginal", "sampled")
+POSTERIORS = ("lowrank", "full")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class MVAEConfig:
     activation: str = "gelu"
     dropout: float = 0.0
     n_mc_samples: int = 1
+    posterior: str = "full"
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,18 @@ class MultinomialVAEModule(nn.Module):
         self.config = config
         D, k, H = config.n_features, config.n_latent, config.n_hidden
         self.encoder = Encoder(D, H, config.encoder_depth, config.activation, config.dropout)
-        out = D if config.objective == "marginal" else k
-        self.mean_head = nn.Linear(H, out)
-        self.log_var_head = nn.Linear(H, out)
+        if config.posterior not in POSTERIORS:
+            raise ValueError(f"posterior={config.posterior!r}; choose one of {POSTERIORS}")
+        lowrank = config.objective == "marginal" and config.posterior == "lowrank"
+        # marginal + "full": H -> D heads; marginal + "lowrank": the mean head gives k coordinates
+        # mapped through W̃ and the variance head one scalar per sample (a depth-like term), so
+        # the encoder costs O(B D (H + k)) like a plain VAE; "sampled": heads over z.
+        out_mean = k if lowrank or config.objective == "sampled" else D
+        out_var = 1 if lowrank else out_mean
+        self.mean_head = nn.Linear(H, out_mean)
+        self.log_var_head = nn.Linear(H, out_var)
         if config.objective == "marginal":
+            self.feature_log_var = nn.Parameter(torch.zeros(D))
             # Per-feature skip from the centred log-ratio input to the posterior of ℓ: with deep
             # sequencing the posterior mean of ℓ_d is close to log(x_d + c) and its variance falls
             # with x_d, which a width-H bottleneck cannot carry for D > H features. O(B D) extra.
@@ -178,8 +188,10 @@ class MultinomialVAEModule(nn.Module):
             clr_in = y - self.encoder.input_layer.centre
             clr_in = clr_in - clr_in.mean(-1, keepdim=True)  # H(y − m) = Ψu, (B, D)
             # posterior of ℓ centred on the prior mean, plus the per-feature skip
+            if self.config.posterior == "lowrank":
+                mean = mean @ self.loadings.T  # (B, k) @ (k, D) -> (B, D)
             mean = mean + self.bias + self.skip_mean * clr_in
-            log_var = log_var + self.skip_log_var * y
+            log_var = log_var + self.feature_log_var + self.skip_log_var * y
         return Posterior(mean, log_var)
 
     def latent_mean(self, counts: torch.Tensor) -> torch.Tensor:
