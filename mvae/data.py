@@ -7,14 +7,32 @@ gathers over CSR arrays (sparse). Sparse storage is used when the table's densit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.special import gammaln
 
-__all__ = ["CountData", "SPARSE_DENSITY"]
+__all__ = ["CountData", "CountBatch", "SPARSE_DENSITY"]
 
 #: Tables sparser than this are kept sparse on the device.
 SPARSE_DENSITY = 0.05
+
+
+@dataclass(frozen=True)
+class CountBatch:
+    """A minibatch of counts with its per-sample multinomial constant.
+
+    Attributes
+    ----------
+    counts : torch.Tensor, shape (B, D), dense or sparse COO
+    log_const : torch.Tensor, shape (B,)
+        :math:`\log N! - \sum_d \log x_d!`, computed once per table rather than at every step.
+    """
+
+    counts: torch.Tensor
+    log_const: torch.Tensor
 
 
 class CountData:
@@ -39,6 +57,11 @@ class CountData:
         self.sparse = density < SPARSE_DENSITY if sparse is None else bool(sparse)
         self.device = torch.device(device)
         self.dtype = dtype
+        depth = np.asarray(csr.sum(axis=1)).ravel()
+        cum = np.concatenate([[0.0], np.cumsum(gammaln(csr.data + 1))])
+        per_row = cum[csr.indptr[1:]] - cum[csr.indptr[:-1]]  # Σ_d log x_d! per row, O(nnz)
+        self._log_const = torch.as_tensor(gammaln(depth + 1) - per_row, dtype=dtype,
+                                          device=self.device)
         if self.sparse:
             self._indptr = torch.as_tensor(csr.indptr.astype(np.int64), device=self.device)
             self._indices = torch.as_tensor(csr.indices.astype(np.int64), device=self.device)
@@ -49,9 +72,12 @@ class CountData:
     def __len__(self) -> int:
         return self.n_samples
 
-    def batch(self, index: torch.Tensor) -> torch.Tensor:
-        """Rows ``index`` (LongTensor, shape (B,)) as a (B, D) dense tensor or sparse COO tensor."""
+    def batch(self, index: torch.Tensor) -> CountBatch:
+        """Rows ``index`` (LongTensor, shape (B,)): counts (dense or sparse COO) and constants."""
         index = index.to(self.device)
+        return CountBatch(self._rows(index), self._log_const.index_select(0, index))
+
+    def _rows(self, index: torch.Tensor) -> torch.Tensor:
         if not self.sparse:
             return self._dense.index_select(0, index)
         starts = self._indptr[index]  # (B,)

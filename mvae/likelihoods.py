@@ -15,6 +15,7 @@ import torch
 
 __all__ = [
     "multinomial_log_prob",
+    "multinomial_log_const",
     "sparse_row_dot",
     "count_depths",
     "kl_normal_standard",
@@ -67,7 +68,8 @@ def _log_factorial_sum(counts: torch.Tensor) -> torch.Tensor:
     return torch.lgamma(counts + 1).sum(-1)
 
 
-def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor,
+                         log_const: torch.Tensor | None = None) -> torch.Tensor:
     """Multinomial log-probability of counts given unnormalised logits.
 
     .. math::
@@ -85,6 +87,11 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor) -> torch.Te
     counts : torch.Tensor, shape (B, D), dense or sparse COO
         Non-negative integer counts (stored as floating point).
 
+    log_const : torch.Tensor, shape (B,), optional
+        :math:`\log N! - \sum_d \log x_d!` when already known (it does not depend on the logits;
+        :class:`mvae.data.CountData` computes it once per sample, which saves an lgamma over every
+        count at every step).
+
     Returns
     -------
     torch.Tensor, shape (B,) or (S, B)
@@ -95,8 +102,14 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor) -> torch.Te
         dot = (counts.to(logits.dtype) * logits).sum(-1)
     depth = count_depths(counts).to(logits.dtype)  # (B,)
     log_norm = torch.logsumexp(logits, dim=-1)  # (..., B)
-    const = torch.lgamma(depth + 1) - _log_factorial_sum(counts).to(logits.dtype)
-    return dot - depth * log_norm + const
+    if log_const is None:
+        log_const = multinomial_log_const(counts)
+    return dot - depth * log_norm + log_const.to(logits.dtype)
+
+
+def multinomial_log_const(counts: torch.Tensor) -> torch.Tensor:
+    """:math:`\log N! - \sum_d \log x_d!` per sample, shape (B,), dense or sparse counts."""
+    return torch.lgamma(count_depths(counts) + 1) - _log_factorial_sum(counts)
 
 
 def kl_normal_standard(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

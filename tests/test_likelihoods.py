@@ -106,3 +106,22 @@ def test_woodbury_kl_gradcheck():
         return kl_diag_to_lowrank(mean, log_var, LowRankPrior(W, b, log_s2.exp()))
 
     assert torch.autograd.gradcheck(f, (*args, log_s2))
+
+
+def test_count_data_constants_equal_scipy():
+    """CountData's cached log N! - Σ log x! equals the multinomial pmf constant from scipy."""
+    import scipy.sparse as sp
+    from scipy.special import gammaln
+
+    from mvae.data import CountData
+
+    rng = np.random.default_rng(7)
+    X = _counts(rng, 9, 30, 40)
+    X[4] = 0  # an empty row
+    for sparse in (False, True):
+        batch = CountData(sp.csr_matrix(X), sparse=sparse, dtype=torch.float64).batch(
+            torch.arange(9))
+        want = gammaln(X.sum(1) + 1) - gammaln(X + 1).sum(1)
+        np.testing.assert_allclose(batch.log_const.numpy(), want, rtol=1e-12)
+        got = batch.counts.to_dense() if batch.counts.is_sparse else batch.counts
+        np.testing.assert_array_equal(got.numpy(), X)

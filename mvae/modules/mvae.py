@@ -177,8 +177,9 @@ class MultinomialVAEModule(nn.Module):
         self.encoder.input_layer.scale.fill_(float(input_scale))
 
     # ---- inference -------------------------------------------------------------------------
-    def encode(self, counts: torch.Tensor) -> Posterior:
+    def encode(self, counts) -> Posterior:
         """Approximate posterior from counts (B, D): over ℓ (marginal) or z (sampled)."""
+        counts, _ = _unpack(counts)
         y = log_ratio_input(counts, self.config.pseudocount)  # (B, D), zeros stay zero
         h = self.encoder(y)  # (B, H)
         mean = self.mean_head(h)  # (B, D) or (B, k)
@@ -194,7 +195,7 @@ class MultinomialVAEModule(nn.Module):
             log_var = log_var + self.feature_log_var + self.skip_log_var * y
         return Posterior(mean, log_var)
 
-    def latent_mean(self, counts: torch.Tensor) -> torch.Tensor:
+    def latent_mean(self, counts) -> torch.Tensor:
         """E[z | x] under the approximate posterior, shape (B, k)."""
         post = self.encode(counts)
         if self.config.objective == "sampled":
@@ -206,9 +207,14 @@ class MultinomialVAEModule(nn.Module):
         return torch.linalg.solve_triangular(prior.chol.T, rhs.T, upper=True).T
 
     # ---- loss --------------------------------------------------------------------------------
-    def loss(self, counts: torch.Tensor, generator: torch.Generator | None = None,
+    def loss(self, counts, generator: torch.Generator | None = None,
              n_samples: int | None = None) -> LossTerms:
-        """Per-sample ELBO terms for a batch of counts (B, D), reparameterised draws throughout."""
+        """Per-sample ELBO terms for a batch of counts (B, D), reparameterised draws throughout.
+
+        ``counts`` is a (B, D) tensor or a :class:`mvae.data.CountBatch` (which carries the
+        multinomial constant so it is not recomputed at every step).
+        """
+        counts, log_const = _unpack(counts)
         S = n_samples or self.config.n_mc_samples
         post = self.encode(counts)
         if self.config.objective == "marginal":
@@ -221,13 +227,20 @@ class MultinomialVAEModule(nn.Module):
             noise = _randn((S, post.mean.shape[0], self.config.n_features), post.mean, generator)
             logits = z @ self.loadings.T + self.bias + noise * self.log_sigma.exp()  # (S, B, D)
             kl = kl_normal_standard(post.mean, post.log_var)
-        recon = multinomial_log_prob(logits, counts).mean(0)  # (S, B) -> (B,)
+        recon = multinomial_log_prob(logits, counts, log_const).mean(0)  # (S, B) -> (B,)
         return LossTerms(reconstruction=recon, kl=kl)
 
 
     def forward(self, counts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-sample negative ELBO (nats), shape (B,)."""
         return self.loss(counts, generator=generator).negative_elbo()
+
+
+def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(counts, log_const or None) from a tensor or a CountBatch-like object."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    return batch.counts, batch.log_const
 
 
 def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

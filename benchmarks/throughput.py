@@ -1,0 +1,192 @@
+"""Training throughput of mvae against a minimal plain-torch reference loop, in one run.
+
+For each table size, every method trains for the same number of epochs on the same simulated counts,
+each in its own subprocess (so peak RSS is per method) with ONE torch thread. Reported: samples per
+CPU-second (training loop only: CPU time of the process while the loop runs), wall seconds, peak RSS
+and the ratio to the reference measured in the same run.
+
+The reference is the floor the issue names: encoder D -> 128 -> (mean, log-variance) of k, decoder
+k -> D, multinomial likelihood from log-softmax, standard-normal KL, Adam, batch 128, dense input
+sliced from a dense tensor, no ILR, nothing else. mvae is measured with its own training loop
+(`mvae.train.train_module`) and data path (`mvae.data.CountData`, sparse below 5% density).
+
+Usage::
+
+    python benchmarks/throughput.py                 # the full table (a few minutes)
+    python benchmarks/throughput.py --smoke         # seconds
+    python benchmarks/throughput.py -o benchmarks/results/throughput
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CASES = [  # (D, density, n_samples, epochs)
+    (200, None, 4096, 3),
+    (2_000, None, 4096, 2),
+    (20_000, 0.02, 2048, 1),
+    (100_000, 0.01, 1024, 1),
+]
+SMOKE = [(200, None, 512, 1), (2_000, 0.02, 512, 1)]
+METHODS = ["reference", "mvae-marginal-full", "mvae-marginal-lowrank", "mvae-sampled"]
+K, HIDDEN, BATCH = 10, 128, 128
+
+
+def make_counts(n, D, density, seed=0):
+    """Counts with a known density: dense multinomial-like rows, or a random sparse pattern."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    if density is None:
+        logits = rng.normal(size=(n, K)) @ rng.normal(size=(K, D)) * 0.3 + rng.normal(size=D)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        X = rng.poisson(p * 20 * D).astype(np.float64)
+        return sp.csr_matrix(X)
+    X = sp.random(n, D, density=density, format="csr", random_state=seed, dtype=np.float64)
+    X.data = rng.poisson(5.0, size=X.nnz).astype(np.float64) + 1
+    return X
+
+
+def run_reference(X, epochs, seed=0):
+    import numpy as np
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    n, D = X.shape
+    dense = torch.as_tensor(X.toarray(), dtype=torch.float32)  # the reference keeps dense input
+    enc = nn.Sequential(nn.Linear(D, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2 * K))
+    dec = nn.Linear(K, D)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    steps = n // BATCH
+    t_cpu, t_wall = time.process_time(), time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for s in range(steps):
+            x = dense[order[s * BATCH:(s + 1) * BATCH]]
+            h = enc(torch.log1p(x))
+            mu, log_var = h[:, :K], h[:, K:]
+            z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * log_var)
+            log_p = torch.log_softmax(dec(z), dim=-1)
+            recon = (x * log_p).sum(-1)
+            kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).sum(-1)
+            loss = (kl - recon).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    cpu, wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
+    assert np.isfinite(loss.item())
+    return steps * BATCH * epochs, cpu, wall
+
+
+def run_mvae(X, epochs, objective, posterior, seed=0):
+    import torch
+
+    from mvae.data import CountData
+    from mvae.model import _input_statistics
+    from mvae.modules import MultinomialVAEModule, MVAEConfig
+    from mvae.train import TrainConfig, train_module
+
+    torch.manual_seed(seed)
+    n, D = X.shape
+    cfg = MVAEConfig(n_features=D, n_latent=K, n_hidden=HIDDEN, encoder_depth=2,
+                     objective=objective, posterior=posterior)
+    module = MultinomialVAEModule(cfg)
+    pooled, centre, scale = _input_statistics(X, 1.0)
+    module.initialise_from_data(torch.as_tensor(pooled, dtype=torch.float32),
+                                torch.as_tensor(centre, dtype=torch.float32), scale)
+    data = CountData(X)
+    conf = TrainConfig(max_epochs=epochs, batch_size=BATCH, early_stopping=False, seed=seed)
+    t_cpu, t_wall = time.process_time(), time.perf_counter()
+    train_module(module, data, None, conf, handle_signals=False)
+    cpu, wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
+    return (n // BATCH) * BATCH * epochs, cpu, wall
+
+
+def child(args):
+    """Run one (case, method) measurement and print a JSON line."""
+    import torch
+
+    torch.set_num_threads(1)
+    D, density, n, epochs = args.case
+    X = make_counts(n, D, density)
+    if args.method == "reference":
+        def run(data, e):
+            return run_reference(data, e)
+    else:
+        _, objective, *rest = args.method.split("-")
+
+        def run(data, e):
+            return run_mvae(data, e, objective, rest[0] if rest else "full")
+    run(X[: 2 * BATCH], 1)  # warm-up: lazy imports and torch's first-call set-up are not timed
+    samples, cpu, wall = run(X, epochs)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(dict(D=D, density=X.nnz / (n * D), n=n, epochs=epochs, method=args.method,
+                          samples=samples, cpu_s=cpu, wall_s=wall,
+                          samples_per_cpu_s=samples / cpu, peak_rss_mb=rss_mb, threads=1)))
+
+
+def main(config: dict) -> list[dict]:
+    """Run every case and method; return the rows (dicts) and write them if config['out']."""
+    cases = SMOKE if config.get("smoke") else CASES
+    methods = config.get("methods") or METHODS
+    rows = []
+    for case in cases:
+        D, density, n, epochs = case
+        for method in methods:
+            cmd = [sys.executable, __file__, "--child", "--method", method,
+                   "--case", json.dumps([D, density, n, epochs])]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(out.stderr[-2000:], file=sys.stderr)
+                raise SystemExit(f"{method} at D={D} failed")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"D={D:>7} {method:<24} {row['samples_per_cpu_s']:>9.0f} samples/CPU-s "
+                  f"cpu {row['cpu_s']:6.1f}s wall {row['wall_s']:6.1f}s "
+                  f"rss {row['peak_rss_mb']:7.0f} MB", flush=True)
+    ref = {r["D"]: r["samples_per_cpu_s"] for r in rows if r["method"] == "reference"}
+    for r in rows:
+        r["ratio_to_reference"] = r["samples_per_cpu_s"] / ref[r["D"]] if r["D"] in ref else None
+    if config.get("out"):
+        write(rows, Path(config["out"]))
+    return rows
+
+
+def write(rows, out: Path) -> None:
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "throughput.csv", index=False)
+    lines = ["| D | density | method | samples/CPU-s | ratio to reference | CPU s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['D']:,} | {r['density']:.3f} | {r['method']} | "
+                     f"{r['samples_per_cpu_s']:,.0f} | {r['ratio_to_reference']:.2f} | "
+                     f"{r['cpu_s']:.1f} | {r['peak_rss_mb']:,.0f} |")
+    (out / "throughput.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("-o", "--out", default=None)
+    p.add_argument("--methods", nargs="*", default=None)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--method", help=argparse.SUPPRESS)
+    p.add_argument("--case", type=json.loads, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        child(a)
+    else:
+        main(dict(smoke=a.smoke, out=a.out, methods=a.methods))
