@@ -38,12 +38,16 @@ class _Group(click.Group):
     """Turn the errors mvae raises on purpose into a one-line message and exit code 2."""
 
     def invoke(self, ctx):
-        from .errors import MVAEError
+        from .errors import MVAEError, TrainingInterrupted
 
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             try:
                 return super().invoke(ctx)
+            except TrainingInterrupted as exc:
+                click.echo(f"Interrupted: {_one_line(str(exc))}; rerun the same command with "
+                           "--resume to continue", err=True)
+                sys.exit(exc.exit_code)  # 143 for SIGTERM, 130 for SIGINT
             except MVAEError as exc:
                 click.echo(f"Error: {_one_line(str(exc))}", err=True)
                 sys.exit(2)
@@ -97,6 +101,14 @@ def _check_verbosity(quiet: bool, verbose: bool) -> None:
         raise click.UsageError("--quiet and --verbose cannot be used together.")
 
 
+def _stderr_is_tty() -> bool:
+    """Whether a progress bar on stderr would reach a person (not a log file or a pipe)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _say(quiet: bool, message: str) -> None:
     if not quiet:
         click.echo(message, err=True)
@@ -139,6 +151,26 @@ def _check_device(device: str) -> str:
             "Use --device cpu, or --device auto to take a GPU only when there is one."
         )
     return device
+
+
+def _check_table_usable(adata, table: Path, latent_dim: int) -> None:
+    """Fail before training, naming TABLE, when too little is left after empty rows/columns."""
+    from .errors import InputError
+    from .validation import drop_empty
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fit() warns about what it drops
+            kept = drop_empty(adata.X, list(adata.obs_names), list(adata.var_names))
+    except InputError as exc:
+        raise InputError(f"{table}: {exc}") from exc
+    n_features = len(kept.feature_ids)
+    if latent_dim >= n_features:
+        raise InputError(
+            f"{table}: --latent-dim {latent_dim} is too large: the table has {n_features} "
+            f"features with reads, and k must be below that. Use --latent-dim "
+            f"{max(1, min(10, n_features - 1))} or less."
+        )
 
 
 def _check_tree(tree: Path, adata) -> None:
@@ -244,11 +276,17 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
               help="Only pairs with |correlation| >= this in correlations.tsv.")
 @click.option("--force", is_flag=True,
               help="Replace an existing OUTDIR (only once the new results are complete).")
+@click.option("--checkpoint-every", default=0, type=click.IntRange(min=0),
+              help="Write a checkpoint (OUTDIR.checkpoint.pt) every N epochs; 0: only when "
+                   "interrupted by SIGTERM/SIGINT.")
+@click.option("--resume", is_flag=True,
+              help="Continue from OUTDIR.checkpoint.pt (refused if the table or options "
+                   "changed); the result equals an uninterrupted run.")
 @_verbosity
 @click.pass_context
 def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, objective, basis,
         tree, layer, orientation, epochs, batch_size, lr, seed, threads, device, metadata, color,
-        top, min_abs, force, quiet, verbose):
+        top, min_abs, force, checkpoint_every, resume, quiet, verbose):
     """Fit a multinomial VAE to TABLE and write its results into OUTDIR.
 
     OUTDIR receives model.safetensors + config.json (load with
@@ -288,6 +326,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
                 md_info["color"] = color
         elif color is not None:
             colour, colour_kind = _obs_column(adata, color, table)
+        _check_table_usable(adata, table, latent_dim)
         if tree is not None:
             _check_tree(tree, adata)
         device = _check_device(device)
@@ -297,10 +336,14 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
             pseudocount=pseudocount, objective=objective, basis=basis,
             tree=str(tree) if tree else None, max_epochs=epochs, batch_size=batch_size,
             learning_rate=lr, random_state=seed, threads=threads, device=device,
-            progress=not quiet and sys.stderr.isatty(),
+            progress=not quiet and _stderr_is_tty(),
         )
+        checkpoint = outdir.parent / (outdir.name + ".checkpoint.pt")
+        if resume and not checkpoint.is_file():
+            _say(quiet, f"no checkpoint at {checkpoint}: starting from the beginning")
         t_fit = time.perf_counter()
-        model.fit(adata, layer=None)
+        model.fit(adata, layer=None, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                  resume=resume)
         fit_seconds = time.perf_counter() - t_fit
 
         from .outputs import package_versions, write_fit_results
@@ -327,6 +370,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
                                    run=run, top=top, min_abs=min_abs, colour=colour,
                                    colour_kind=colour_kind)
 
+    checkpoint.unlink(missing_ok=True)  # the results are complete: the checkpoint is spent
     hist = model.history_
     last = hist.iloc[-1]
     _say(quiet, f"fitted {adata.n_obs - int((model.filtered_['axis'] == 'sample').sum())} samples "

@@ -804,8 +804,13 @@ def _read_tree(tree):
             raise InputError(
                 f"tree {path!r} is neither a Newick string (which starts with '(') nor an existing file"
             )
-        with open(path, encoding="utf-8") as fh:
-            return _parse_newick(fh.read(), f"file {path!r}")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"tree file {path!r} is not UTF-8 text ({exc.reason} at byte "
+                             f"{exc.start}); is it a Newick file?") from exc
+        return _parse_newick(text, f"file {path!r}")
     if isinstance(tree, str):
         return _parse_newick(tree, "the given string")
     if hasattr(tree, "children") and hasattr(tree, "name"):

@@ -28,7 +28,7 @@ class CountBatch:
     ----------
     counts : torch.Tensor, shape (B, D), dense or sparse COO
     log_const : torch.Tensor, shape (B,)
-        :math:`\log N! - \sum_d \log x_d!`, computed once per table rather than at every step.
+        :math:`\\log N! - \\sum_d \\log x_d!`, computed once per table rather than at every step.
     """
 
     counts: torch.Tensor

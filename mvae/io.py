@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import os
 import re
 import shutil
@@ -836,7 +835,9 @@ def _read_text_table(p: Path, shown: str, orientation: str | None):
                 break
             row_ids.append(fields[0])
         if not row_ids:
-            raise InputError(f"{shown}: the header (line {header_line}) is followed by no data rows.")
+            raise InputError(
+                f"{shown}: the header (line {header_line}) is followed by no data rows."
+            )
         raise _orientation_needed(shown, header, row_ids, len(row_ids), more, comments)
 
     rows_are_samples = orientation == "samples-as-rows"
@@ -934,7 +935,8 @@ def _delimiter_hint(delimiter: str, fields: list[str]) -> str:
     if any(other in f for f in fields):
         return (
             f" The line holds {_delimiter_name(other)}s: is the file "
-            f"{_delimiter_name(other)}-separated? Then name it {'.csv' if other == ',' else '.tsv'}."
+            f"{_delimiter_name(other)}-separated? Then name it "
+            f"{'.csv' if other == ',' else '.tsv'}."
         )
     return ""
 

@@ -88,7 +88,7 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor,
         Non-negative integer counts (stored as floating point).
 
     log_const : torch.Tensor, shape (B,), optional
-        :math:`\log N! - \sum_d \log x_d!` when already known (it does not depend on the logits;
+        :math:`\\log N! - \\sum_d \\log x_d!` when already known (it does not depend on the logits;
         :class:`mvae.data.CountData` computes it once per sample, which saves an lgamma over every
         count at every step).
 
@@ -108,7 +108,7 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor,
 
 
 def multinomial_log_const(counts: torch.Tensor) -> torch.Tensor:
-    """:math:`\log N! - \sum_d \log x_d!` per sample, shape (B,), dense or sparse counts."""
+    """:math:`\\log N! - \\sum_d \\log x_d!` per sample, shape (B,), dense or sparse counts."""
     return torch.lgamma(count_depths(counts) + 1) - _log_factorial_sum(counts)
 
 

@@ -143,10 +143,10 @@ def read_metadata(path: str | os.PathLike) -> "pd.DataFrame":
             declared = [c.lower() for c in cells[1:]]
             for j, t in enumerate(declared):
                 if t and t not in _TYPES:
+                    name = header[j + 1] if j + 1 < len(header) else f"#{j + 2}"
                     raise InputError(
-                        f"{shown}: line {lineno}: column '{header[j + 1] if j + 1 < len(header) else j + 2}' "
-                        f"has type {cells[j + 1]!r}; '#q2:types' allows 'categorical' or "
-                        "'numeric'."
+                        f"{shown}: line {lineno}: column '{name}' has type {cells[j + 1]!r}; "
+                        "'#q2:types' allows 'categorical' or 'numeric'."
                     )
             continue
         if first.startswith("#"):
@@ -167,7 +167,9 @@ def read_metadata(path: str | os.PathLike) -> "pd.DataFrame":
         seen[name] = seen.get(name, 0) + 1
     dup_cols = [c for c, k in seen.items() if k > 1]
     if dup_cols:
-        raise InputError(f"{shown}: line {header_line}: repeated column names: {_listing(dup_cols)}.")
+        raise InputError(
+            f"{shown}: line {header_line}: repeated column names: {_listing(dup_cols)}."
+        )
 
     width = len(header)
     ids: list[str] = []
@@ -249,9 +251,10 @@ def align_metadata(
     if missing:
         where = f" of {table}" if table else ""
         hint = ""
+        probe = list(sample_ids[:200])
         for col in metadata.columns:
             values = set(metadata[col].dropna().astype(str))
-            if values and sum(s in values for s in sample_ids[:200]) >= 0.5 * min(len(sample_ids), 200):
+            if values and sum(s in values for s in probe) >= 0.5 * len(probe):
                 hint = (
                     f" The table's ids appear in column {col!r}: make it the first column if it "
                     "holds the sample ids."

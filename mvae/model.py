@@ -555,7 +555,7 @@ class MultinomialVAE:
     def save(self, path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into directory ``path`` (no pickle)."""
         import torch
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         self._check_fitted()
         path = Path(path)
@@ -582,8 +582,13 @@ class MultinomialVAE:
             "filtered": self.filtered_.to_dict(orient="list"),
             "versions": _versions(),
         }
-        save_file(tensors, str(path / "model.safetensors"), metadata={"format": _FORMAT})
-        (path / "config.json").write_text(json.dumps(config, indent=1, default=_json_default))
+        from .checkpoint import atomic_write_bytes
+
+        # written atomically: an interrupted save never leaves a half-written model file
+        atomic_write_bytes(path / "model.safetensors",
+                           save(tensors, metadata={"format": _FORMAT}))
+        atomic_write_bytes(path / "config.json",
+                           json.dumps(config, indent=1, default=_json_default).encode())
 
     @classmethod
     def load(cls, path) -> "MultinomialVAE":

@@ -21,12 +21,15 @@ MAX_LEGEND_CATEGORIES = 20
 _MISSING_COLOUR = "#b0b0b0"
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, *, right: float = 0.97):
+    """A figure on an Agg canvas with fixed margins (a layout engine doubles the drawing time)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.9 / width, bottom=0.6 / height, right=right,
+                        top=1 - 0.4 / height)
     return fig
 
 
@@ -92,7 +95,9 @@ def plot_embedding(
     """
     import numpy as np
 
-    fig = _figure(6.5, 5.0)
+    categorical = colour is not None and (kind or ("numeric" if colour.dtype.kind in "fiu"
+                                                   else "categorical")) == "categorical"
+    fig = _figure(8.5, 5.0, right=0.68) if categorical else _figure(6.5, 5.0)  # legend room
     ax = fig.add_subplot()
     values = embeddings.to_numpy(dtype=float)
     x = values[:, 0]
@@ -155,8 +160,8 @@ def _categorical_scatter(fig, ax, x, y, colour) -> None:
     if missing.any():
         ax.scatter(x[missing], y[missing], s=18, color=_MISSING_COLOUR, edgecolors="none",
                    label=f"missing ({missing.sum()})")
-    fig.legend(title=str(colour.name), loc="outside right upper", frameon=False,
-               fontsize="small")
+    ax.legend(title=str(colour.name), loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              frameon=False, fontsize="small", borderaxespad=0.0)
 
 
 def _palette(n: int):

@@ -99,9 +99,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` → cuda when available, else cpu; otherwise the device named (checked)."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from .errors import InputError
+
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} was requested but CUDA is not available; "
+        raise InputError(f"device={str(device)!r} was requested but CUDA is not available; "
                          "use device='cpu' or 'auto'")
     return dev
 

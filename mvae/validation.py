@@ -261,10 +261,10 @@ def _check_values(M: sp.csr_matrix, sample_ids, feature_ids, prefix: str) -> Non
     if kind == "f" and np.isnan(v):
         problem = (
             "is missing (NaN). Counts cannot be missing: if it means 'not observed' fill it with "
-            "0, otherwise remove the sample or feature."
+            f"0, otherwise remove the sample or feature {_RAW_COUNTS_HINT}"
         )
     elif kind == "f" and np.isinf(v):
-        problem = "is infinite. Check how the table was made; mvae needs raw counts."
+        problem = f"is infinite {_RAW_COUNTS_HINT}"
     elif v < 0:
         problem = f"is negative {_RAW_COUNTS_HINT}"
     elif v > MAX_EXACT_COUNT:

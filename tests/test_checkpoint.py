@@ -191,3 +191,37 @@ def test_inf_gradient_is_caught(monkeypatch):
     monkeypatch.setattr(mod.MultinomialVAEModule, "loss", poisoned)
     with pytest.raises(TrainingError, match="non-finite gradient.*epoch 1, step 1"):
         MultinomialVAE(**SETTINGS).fit(X)
+
+
+@pytest.mark.slow
+def test_cli_subprocess_sigterm_then_resume(tmp_path):
+    """A real `mvae fit` process killed with SIGTERM exits 143 and --resume finishes the same fit."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import pandas as pd
+
+    table = Path(__file__).resolve().parent.parent / "data" / "pbmc68k_reduced_counts.h5ad"
+    args = [sys.executable, "-m", "mvae", "fit", str(table), "-k", "3", "--epochs", "400",
+            "--threads", "1", "-q", "--seed", "5"]
+    ref = subprocess.run(args + ["-o", str(tmp_path / "ref")], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "run"
+    proc = subprocess.Popen(args + ["-o", str(out), "--checkpoint-every", "5"],
+                            stderr=subprocess.PIPE, text=True)
+    ck = tmp_path / "run.checkpoint.pt"
+    deadline = time.time() + 120
+    while not ck.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "resume" in err and not out.exists()
+    done = subprocess.run(args + ["-o", str(out), "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a = pd.read_csv(tmp_path / "ref" / "embeddings.tsv", sep="\t", index_col=0)
+    b = pd.read_csv(out / "embeddings.tsv", sep="\t", index_col=0)
+    pd.testing.assert_frame_equal(a, b)
+    assert not ck.exists()

@@ -18,7 +18,7 @@ import pytest
 import scipy.sparse as sp
 
 from mvae.errors import InputError
-from mvae.io import read_counts, write_biom
+from mvae.io import OrientationWarning, read_counts, sha256_file, write_biom
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -235,11 +235,13 @@ def test_empty_file(tmp_path, name):
         read_counts(tmp_path / name)
 
 
-@pytest.mark.parametrize("name", ["table.tsv", "table.csv", "table.txt", "table"])
+@pytest.mark.parametrize("name", ["table.xlsx", "table.tab", "table"])
 def test_unknown_extension(tmp_path, name):
+    # .tsv/.csv/.txt are text tables now (see the text-table tests below)
     (tmp_path / name).write_text("#OTU ID\ts1\nf1\t1\n")
     with pytest.raises(InputError, match=r"unsupported file type\. Supported: \.biom, \.biom\.gz, "
-                       r"\.h5ad, \.h5ad\.gz.*biom convert"):
+                       r"\.h5ad, \.h5ad\.gz, \.tsv, \.tsv\.gz, \.csv, \.csv\.gz, \.txt, "
+                       r"\.txt\.gz.*biom convert"):
         read_counts(tmp_path / name)
 
 
@@ -410,3 +412,232 @@ def test_classic_tsv_problems(tmp_path, rows, message):
     path.write_text(TSV_HEADER + rows, encoding="utf-8")
     with pytest.raises(InputError, match=r"classic\.biom: " + message):
         read_counts(path)
+
+
+# --------------------------------------------------------------------------------------------
+# delimited text tables (.tsv / .csv / .txt, gzipped or not)
+# --------------------------------------------------------------------------------------------
+
+
+def _text(X, row_ids, col_ids, sep="\t", corner="id"):
+    """A delimited table written by hand, independently of mvae."""
+    lines = [sep.join([corner] + list(col_ids))]
+    for rid, row in zip(row_ids, X):
+        lines.append(sep.join([rid] + [str(int(v)) for v in row]))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gz"])
+@pytest.mark.parametrize(
+    ("suffix", "sep", "orientation"),
+    [(".tsv", "\t", "samples-as-rows"), (".tsv", "\t", "features-as-rows"),
+     (".csv", ",", "samples-as-rows"), (".txt", "\t", "features-as-rows")],
+)
+def test_text_round_trip(tmp_path, suffix, sep, orientation, gzipped):
+    X = _small_counts(6)
+    if orientation == "samples-as-rows":
+        text = _text(X, SAMPLE_IDS, FEATURE_IDS, sep)
+    else:
+        text = _text(X.T, FEATURE_IDS, SAMPLE_IDS, sep)
+    path = tmp_path / f"table{suffix}"
+    if sep == ",":  # ids with commas need quotes in a CSV; none here
+        assert not any("," in i for i in SAMPLE_IDS + FEATURE_IDS)
+    if gzipped:
+        path = tmp_path / f"table{suffix}.gz"
+        with gzip.open(path, "wt", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    with warnings_as_errors():
+        adata = read_counts(path, orientation=orientation)
+    _assert_matches(adata, X, SAMPLE_IDS, FEATURE_IDS)  # unicode, numeric-looking ids kept
+
+
+def warnings_as_errors():
+    import warnings
+
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.simplefilter("error", OrientationWarning)
+
+    class _Exit:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            ctx.__exit__(*exc)
+
+    return _Exit()
+
+
+def test_text_csv_quoted_windows_excel(tmp_path):
+    # R's write.csv: quoted ids, an empty corner; Excel: BOM, CRLF, trailing delimiters
+    path = tmp_path / "r.csv"
+    path.write_bytes(b'\xef\xbb\xbf"","OTU 1","OTU,2"\r\n"s 1",3,0,\r\n"s2",1,5,\r\n')
+    adata = read_counts(path, orientation="samples-as-rows")
+    _assert_matches(adata, [[3, 0], [1, 5]], ["s 1", "s2"], ["OTU 1", "OTU,2"])
+
+
+def test_text_many_rows_across_chunks(tmp_path):
+    rng = np.random.default_rng(7)
+    X = rng.poisson(0.5, size=(5000, 3)).astype(float)
+    ids = [f"cell{i}" for i in range(5000)]
+    path = tmp_path / "cells.tsv"
+    path.write_text(_text(X, ids, ["g1", "g2", "g3"]))
+    _assert_matches(read_counts(path, orientation="samples-as-rows"), X, ids, ["g1", "g2", "g3"])
+
+
+def test_text_biom_convert_output_with_taxonomy(tmp_path):
+    X = _small_counts(8)
+    table = _biom_table(X)
+    table.add_metadata({f: {"taxonomy": ["k__Bacteria", f"g__{i}"]}
+                        for i, f in enumerate(FEATURE_IDS)}, axis="observation")
+    path = tmp_path / "feature-table.txt"
+    # as `biom convert --to-tsv --header-key taxonomy` writes it
+    path.write_text(table.to_tsv(header_key="taxonomy", header_value="taxonomy",
+                                 metadata_formatter=lambda v: "; ".join(v)))
+    with pytest.raises(InputError, match=r"feature-table\.txt: a text table needs its orientation"
+                       r".*written by `biom convert --to-tsv`.*suggests "
+                       r"orientation='features-as-rows'"):
+        read_counts(path)
+    adata = read_counts(path, orientation="features-as-rows")
+    _assert_matches(adata, X, SAMPLE_IDS, FEATURE_IDS)
+    assert list(adata.var["taxonomy"])[1] == "k__Bacteria; g__1"
+
+
+def test_text_real_table_matches_biom(tmp_path):
+    ref = biom.load_table(str(DATA / "moving_pictures_16s_table.biom"))
+    dense = ref.matrix_data.toarray()  # features x samples
+    path = tmp_path / "mp.tsv"
+    path.write_text(_text(dense, ref.ids(axis="observation"), ref.ids(axis="sample"),
+                          corner="#OTU ID"))
+    adata = read_counts(path, orientation="features-as-rows")
+    assert list(adata.obs_names) == list(ref.ids(axis="sample"))
+    assert list(adata.var_names) == list(ref.ids(axis="observation"))
+    assert (adata.X != ref.matrix_data.T).nnz == 0
+    assert sha256_file(path) == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+
+
+def test_text_orientation_is_never_guessed(tmp_path):
+    ref = biom.load_table(str(DATA / "moving_pictures_16s_table.biom"))
+    dense = ref.matrix_data.toarray().T[:5, :40]  # samples x features
+    path = tmp_path / "mp.tsv"
+    path.write_text(_text(dense, ref.ids(axis="sample")[:5], ref.ids(axis="observation")[:40]))
+    with pytest.raises(InputError, match=r"mp\.tsv: a text table needs its orientation: pass "
+                       r"orientation='samples-as-rows'.*--orientation.*40 columns after the id "
+                       r"column and 5 data rows\. Here the header ids look like feature ids "
+                       r"\(QIIME 2 feature hashes.*suggests orientation='samples-as-rows'"):
+        read_counts(path)
+    # the opposite orientation is read as asked, with a warning that names the evidence
+    with pytest.warns(OrientationWarning, match=r"mp\.tsv: read with "
+                      r"orientation='features-as-rows', but the header ids look like feature "
+                      r"ids.*suggests orientation='samples-as-rows'"):
+        adata = read_counts(path, orientation="features-as-rows")
+    assert adata.shape == (40, 5)
+    # no evidence either way: the message shows the ids instead
+    plain = tmp_path / "plain.tsv"
+    plain.write_text(_text([[1, 2]], ["alpha"], ["beta", "gamma"]))
+    with pytest.raises(InputError, match=r"Its header starts 'beta', 'gamma' and its first "
+                       r"column 'alpha'"):
+        read_counts(plain)
+
+
+def test_text_sample_like_ids_in_header_warn(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text(_text([[1, 2, 3]], ["ASV_1"], ["SRR0000001", "SRR0000002", "SRR0000003"]))
+    with pytest.warns(OrientationWarning, match=r"header ids look like sample ids \(SRA/ENA "
+                      r"run accessions.*first-column ids look like feature ids \(OTU/ASV ids"):
+        read_counts(path, orientation="samples-as-rows")
+
+
+def test_text_options_checked(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text(_text([[1, 2]], ["s1"], ["a", "b"]))
+    with pytest.raises(InputError, match=r"orientation='rows' is not allowed; choose "
+                       r"'samples-as-rows' or 'features-as-rows'"):
+        read_counts(path, orientation="rows")
+    with pytest.raises(InputError, match=r"layer='counts' only applies to \.h5ad files; a text "
+                       r"file holds one table"):
+        read_counts(path, layer="counts", orientation="samples-as-rows")
+    with pytest.raises(InputError, match=r"orientation='samples-as-rows' only applies to text "
+                       r"tables.*a BIOM file fixes which axis"):
+        read_counts(DATA / "moving_pictures_16s_table.biom", orientation="samples-as-rows")
+
+
+BAD_TEXT = [
+    pytest.param("hello world\nthis is not a table\n",
+                 r"not a tab-separated table: line 1 \('hello world'\) has no tab",
+                 id="not-a-table"),
+    pytest.param("id,a,b\ns1,1,2\n",
+                 r"not a tab-separated table: .*has no tab.*It looks comma-separated: rename it to "
+                 r"\.csv", id="csv-named-tsv"),
+    pytest.param("id\ta\tb\ns1\t1\ns2\t1\t2\n",
+                 r"line 2 \(sample 's1'\) has 1 field after the id but the header \(line 1\) names "
+                 r"2 columns\. Write missing counts as 0", id="short-row"),
+    pytest.param("id\ta\tb\ns1\t1\t2\t3\n",
+                 r"line 2 \(sample 's1'\) has 3 fields after the id.*stray tab", id="long-row"),
+    pytest.param("id\ta\tb\ns1\t1\tfive\n",
+                 r"line 2, sample 's1', feature 'b': value 'five' is not a number",
+                 id="text-value"),
+    pytest.param("id\ta\tb\ns1\t\t2\n",
+                 r"line 2, sample 's1', feature 'a': value '' is an empty cell", id="empty-cell"),
+    pytest.param("id\ta\tb\ns1\tNA\t2\n",
+                 r"line 2, sample 's1', feature 'a': value 'NA' is a missing value", id="NA"),
+    pytest.param("id\ta\tb\ns1\t1\t2\ns1\t3\t4\n", r"duplicate sample ids: 's1' \(x2\)",
+                 id="duplicate-sample"),
+    pytest.param("id\ta\ta\ns1\t1\t2\n", r"duplicate feature ids: 'a' \(x2\)",
+                 id="duplicate-feature"),
+    pytest.param("id\ta\tb\ns1\t-1\t2\n",
+                 r"sample 's1' \(row 0\), feature 'a' \(column 0\): value -1 is negative "
+                 r"\(normalised data\? mvae needs raw counts\)", id="negative"),
+    pytest.param("id\ta\tb\ns1\t0.25\t2\n",
+                 r"sample 's1' \(row 0\), feature 'a' \(column 0\): value 0\.25 is not a whole "
+                 r"number \(normalised data\? mvae needs raw counts\)", id="fraction"),
+    pytest.param("id\ta\tb\ns1\tnan\t2\n", r"sample 's1' \(row 0\), feature 'a' \(column 0\): "
+                 r"value nan is missing \(NaN\)", id="nan"),
+    pytest.param("id\ta\tb\ns1\tinf\t2\n", r"sample 's1' \(row 0\), feature 'a' \(column 0\): "
+                 r"value inf is infinite.*mvae needs raw counts", id="inf"),
+    pytest.param("id\ta\t\tc\ns1\t1\t2\t3\n", r"line 1: column 3 of the header has no feature id",
+                 id="empty-header-id"),
+    pytest.param("id\ta\tb\n", r"the header \(line 1\) is followed by no data rows", id="no-rows"),
+    pytest.param("\n\n", r"no table found", id="blank"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_TEXT)
+def test_text_problems(tmp_path, text, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad\.tsv: " + message):
+        read_counts(path, orientation="samples-as-rows")
+
+
+def test_text_bad_utf8_names_line(tmp_path):
+    path = tmp_path / "latin1.tsv"
+    path.write_bytes("id\ta\tb\ns1\t1\t2\npi\xf1a\t3\t4\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.tsv: line 3 is not valid UTF-8 \(byte f1 at "
+                       r"byte 3 of the line\)\. Save the file as UTF-8"):
+        read_counts(path, orientation="samples-as-rows")
+
+
+def test_text_hdf5_and_truncated_gzip(tmp_path):
+    shutil.copy(DATA / "moving_pictures_16s_table.biom", tmp_path / "mp.tsv")
+    with pytest.raises(InputError, match=r"mp\.tsv: this is an HDF5 file \(a BIOM 2\.1 table or "
+                       r"an AnnData file\), not a text table\. Rename it to \.biom or \.h5ad"):
+        read_counts(tmp_path / "mp.tsv", orientation="samples-as-rows")
+    rows = "".join(f"s{i}\t{i}\t{i + 1}\n" for i in range(20000))
+    raw = gzip.compress(("id\ta\tb\n" + rows).encode())
+    (tmp_path / "cut.tsv.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match=r"cut\.tsv\.gz: corrupt or truncated gzip file"):
+        read_counts(tmp_path / "cut.tsv.gz", orientation="samples-as-rows")
+
+
+def test_write_biom_leaves_no_temporary_file(tmp_path):
+    X = _small_counts(9)
+    write_biom(tmp_path / "a.biom", X, SAMPLE_IDS, FEATURE_IDS)
+    X[0, 0] = -1
+    with pytest.raises(InputError):
+        write_biom(tmp_path / "a.biom", X, SAMPLE_IDS, FEATURE_IDS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.biom"]
+    ref = biom.load_table(str(tmp_path / "a.biom"))  # the first file is intact
+    assert ref.shape == (len(FEATURE_IDS), len(SAMPLE_IDS))

@@ -31,8 +31,8 @@ BAD_VALUES = [
     pytest.param(-1.0, "-1", "is negative " + RAW_HINT, id="negative"),
     pytest.param(1.5, "1.5", "is not a whole number " + RAW_HINT, id="non-integer"),
     pytest.param(np.nan, "nan", r"is missing \(NaN\)", id="nan"),
-    pytest.param(np.inf, "inf", "is infinite", id="inf"),
-    pytest.param(-np.inf, "-inf", "is infinite", id="-inf"),
+    pytest.param(np.inf, "inf", "is infinite " + RAW_HINT, id="inf"),
+    pytest.param(-np.inf, "-inf", "is infinite " + RAW_HINT, id="-inf"),
     pytest.param(2.0**54, str(2**54), r"is above 2\*\*53", id="above-2**53"),
 ]
 
