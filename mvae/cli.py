@@ -282,11 +282,14 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
 @click.option("--resume", is_flag=True,
               help="Continue from OUTDIR.checkpoint.pt (refused if the table or options "
                    "changed); the result equals an uninterrupted run.")
+@click.option("--distributed", is_flag=True,
+              help="Data-parallel training under torchrun (gloo on CPU, nccl on GPU); rank 0 "
+                   "writes the outputs.")
 @_verbosity
 @click.pass_context
 def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, objective, basis,
         tree, layer, orientation, epochs, batch_size, lr, seed, threads, device, metadata, color,
-        top, min_abs, force, checkpoint_every, resume, quiet, verbose):
+        top, min_abs, force, checkpoint_every, resume, distributed, quiet, verbose):
     """Fit a multinomial VAE to TABLE and write its results into OUTDIR.
 
     OUTDIR receives model.safetensors + config.json (load with
@@ -305,11 +308,30 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
 
     from .outputs import ResultsDirectory
 
+    def make_model():
+        from .model import MultinomialVAE
+
+        return MultinomialVAE(
+            n_latent=latent_dim, encoder_depth=encoder_depth, n_hidden=hidden,
+            pseudocount=pseudocount, objective=objective, basis=basis,
+            tree=str(tree) if tree else None, max_epochs=epochs, batch_size=batch_size,
+            learning_rate=lr, random_state=seed, threads=threads, device=device,
+            progress=not quiet and _stderr_is_tty(),
+        )
+
+    if distributed:
+        from .distributed import init_from_env, is_writer
+
+        init_from_env(device)
+        if not is_writer():  # other ranks train their shard and write nothing
+            quiet = True
+            make_model().fit(_read_table(table, layer, orientation))
+            return
+
     started = time.time()
     cpu0 = time.process_time()
     with ResultsDirectory(outdir, force=force) as results:  # fails here if OUTDIR is unusable
         from .io import sha256_file
-        from .model import MultinomialVAE
 
         adata = _read_table(table, layer, orientation)
         _say(quiet or not verbose, f"read {table}: {adata.n_obs} samples x {adata.n_vars} features")
@@ -331,13 +353,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
             _check_tree(tree, adata)
         device = _check_device(device)
 
-        model = MultinomialVAE(
-            n_latent=latent_dim, encoder_depth=encoder_depth, n_hidden=hidden,
-            pseudocount=pseudocount, objective=objective, basis=basis,
-            tree=str(tree) if tree else None, max_epochs=epochs, batch_size=batch_size,
-            learning_rate=lr, random_state=seed, threads=threads, device=device,
-            progress=not quiet and _stderr_is_tty(),
-        )
+        model = make_model()
         checkpoint = outdir.parent / (outdir.name + ".checkpoint.pt")
         if resume and not checkpoint.is_file():
             _say(quiet, f"no checkpoint at {checkpoint}: starting from the beginning")

@@ -212,10 +212,15 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
         After a signal, once the checkpoint is written.
     """
     from .checkpoint import load_checkpoint, save_checkpoint, sweep_temporary
+    from .distributed import current
     from .errors import InputError, TrainingInterrupted
 
+    dist = current()  # None unless torch.distributed is initialised with more than one rank
+    if dist is not None and checkpoint_path is not None and dist.rank != 0:
+        checkpoint_path = None  # rank 0 alone writes checkpoints
     device = train_data.device
-    gen = torch.Generator(device=device).manual_seed(config.seed)
+    # every rank draws the same shuffle; the Monte Carlo noise differs per rank
+    gen = torch.Generator(device=device).manual_seed(config.seed + (dist.rank if dist else 0))
     shuffle = torch.Generator().manual_seed(config.seed + 1)
     optimiser = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
     history = History()
@@ -224,6 +229,8 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
     since_best = 0
     n = len(train_data)
     bs = min(config.batch_size, n)
+    if dist is not None and bs < dist.world:
+        raise InputError(f"batch_size={bs} is smaller than the number of ranks ({dist.world})")
     n_steps = max(1, n // bs)  # drop the ragged last batch: equal-sized steps
     start_epoch, start_step = 0, 0
     order = None
@@ -289,10 +296,14 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
             w = _kl_weight(epoch, config.kl_warmup_epochs)
             first = start_step if epoch == start_epoch else 0
             if first == 0:
-                order = torch.randperm(n, generator=shuffle)
+                order = (train_data.epoch_order(shuffle) if hasattr(train_data, "epoch_order")
+                         else torch.randperm(n, generator=shuffle))
                 sums = np.zeros(3)
             for step in range(first, n_steps):
-                batch = train_data.batch(order[step * bs:(step + 1) * bs])
+                index = order[step * bs:(step + 1) * bs]
+                if dist is not None:  # this rank's share of the global batch
+                    index = index[dist.rank::dist.world]
+                batch = train_data.batch(index)
                 terms = module.loss(batch, generator=gen)
                 loss = terms.negative_elbo(w).mean()
                 if not torch.isfinite(loss):
@@ -300,6 +311,8 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
                                         f"{step + 1}; try a lower learning rate")
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
+                if dist is not None:
+                    dist.average_gradients(module)
                 try:
                     torch.nn.utils.clip_grad_norm_(module.parameters(), config.max_grad_norm,
                                                    error_if_nonfinite=True)
@@ -309,6 +322,8 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
                 optimiser.step()
                 sums += (loss.item(), terms.reconstruction.detach().mean().item(),
                          terms.kl.detach().mean().item())
+                if dist is not None and step + 1 == n_steps:
+                    sums = dist.average(sums)  # all ranks report the global epoch means
                 if on_step is not None:
                     on_step(epoch + 1, step + 1)
                 if flag.received is not None and step + 1 < n_steps:
