@@ -425,10 +425,12 @@ class MultinomialVAE:
         if not hasattr(self, "module_"):
             raise RuntimeError("this MultinomialVAE is not fitted yet; call fit(X) or load(path)")
 
-    def _batches(self, M, batch_size: int = 1024):
+    def _batches(self, M, copies: int = 1):
+        """Row chunks of M sized so that ``copies`` dense (rows, D) tensors stay near 64 MB."""
         from .data import CountData
 
-        return CountData(M, "cpu").chunks(batch_size)
+        rows = int(np.clip(INFERENCE_ENTRIES // (copies * M.shape[1]), 1, 1024))
+        return CountData(M, "cpu").chunks(rows)
 
     def _transform_csr(self, M) -> np.ndarray:
         import torch
@@ -436,7 +438,8 @@ class MultinomialVAE:
         from .train import torch_threads
 
         with torch_threads(self.threads), torch.no_grad():
-            parts = [self.module_.latent_mean(b).double().numpy() for b in self._batches(M)]
+            parts = [self.module_.latent_mean(b).double().numpy()
+                     for b in self._batches(M, copies=4)]
         return np.concatenate(parts) @ self.rotation_
 
     def transform(self, X, *, layer: str | None = None) -> np.ndarray:
@@ -466,7 +469,7 @@ class MultinomialVAE:
         gen = torch.Generator().manual_seed(self.seed_ + 3)
         with torch_threads(self.threads), torch.no_grad():
             parts = [self.module_.loss(b, generator=gen, n_samples=n_samples).negative_elbo()
-                     .double().numpy() for b in self._batches(M, 256)]
+                     .double().numpy() for b in self._batches(M, copies=4 * n_samples)]
         return np.concatenate(parts)
 
     def denoise(self, X, *, layer: str | None = None) -> np.ndarray:
@@ -654,6 +657,8 @@ class MultinomialVAE:
         return model
 
 
+#: Dense entries per inference chunk (rows x features x copies): about 64 MB of float32.
+INFERENCE_ENTRIES = 2**24
 #: An axis whose variance is below this fraction of σ² counts as collapsed.
 COLLAPSE_RATIO = 0.01
 #: Samples with fewer reads than this get a warning naming them.

@@ -148,3 +148,24 @@ def test_mr_pca_is_ppca_of_replaced_clr():
 def test_errors_name_the_problem(call, match):
     with pytest.raises(InputError, match=match):
         call()
+
+
+def test_wide_table_gram_path_equals_svd():
+    """n < D uses the n x n Gram matrix; it must give the SVD's PPCA (independent: scipy.svd)."""
+    import scipy.linalg
+
+    from mvae.baselines import clr_pca
+
+    rng = np.random.default_rng(11)
+    X = rng.poisson(rng.gamma(2.0, 3.0, size=(25, 60)))
+    got = clr_pca(X, 4)
+    y = np.log(X + 1.0)
+    y = y - y.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=0)
+    _, s, vt = scipy.linalg.svd(yc, full_matrices=False)
+    eig = s**2 / (len(X) - 1)
+    np.testing.assert_allclose(got.explained_variance, eig[:4], rtol=1e-9)
+    noise = (eig.sum() - eig[:4].sum()) / (60 - 1 - 4)
+    np.testing.assert_allclose(got.noise_variance, noise, rtol=1e-9)
+    want = vt[:4].T * np.sqrt(eig[:4] - noise)
+    np.testing.assert_allclose(np.abs(got.loadings_clr), np.abs(want), atol=1e-9)
