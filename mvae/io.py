@@ -34,6 +34,7 @@ import re
 import shutil
 import tempfile
 import warnings
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -146,6 +147,15 @@ def read_counts(
             f"{shown}: layer={layer!r} only applies to .h5ad files; a "
             f"{'BIOM' if kind == 'biom' else 'text'} file holds one table. Leave layer unset."
         )
+    try:
+        return _read_kind(p, shown, kind, layer, orientation)
+    except (zlib.error, gzip.BadGzipFile, EOFError) as exc:
+        # found by tests/fuzz/fuzz_readers.py: a corrupt gzip stream escaped as zlib.error
+        raise InputError(f"{shown}: the compressed data is corrupt or truncated ({exc}); "
+                         "re-create or re-download the file") from exc
+
+
+def _read_kind(p: Path, shown: str, kind: str, layer, orientation):
     from mvae.validation import check_counts
 
     if kind == "text":

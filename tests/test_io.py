@@ -641,3 +641,18 @@ def test_write_biom_leaves_no_temporary_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.biom"]
     ref = biom.load_table(str(tmp_path / "a.biom"))  # the first file is intact
     assert ref.shape == (len(FEATURE_IDS), len(SAMPLE_IDS))
+
+
+def test_corrupt_gzip_is_an_input_error(tmp_path):
+    """Found by tests/fuzz/fuzz_readers.py: a damaged gzip stream escaped as zlib.error."""
+    import gzip
+
+    import biom
+
+    table = biom.Table(np.arange(6.0).reshape(2, 3), ["f1", "f2"], ["s1", "s2", "s3"])
+    data = bytearray(gzip.compress(table.to_json("t").encode()))
+    data[len(data) // 2] ^= 0xFF  # flip a byte in the middle of the deflate stream
+    path = tmp_path / "t.biom.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="t.biom.gz"):
+        read_counts(path)
