@@ -225,3 +225,23 @@ def test_cli_subprocess_sigterm_then_resume(tmp_path):
     b = pd.read_csv(out / "embeddings.tsv", sep="\t", index_col=0)
     pd.testing.assert_frame_equal(a, b)
     assert not ck.exists()
+
+
+def test_sigint_gives_exit_code_130_and_resumes(reference, tmp_path, monkeypatch):
+    X, ref = reference
+    ck = tmp_path / "ck.pt"
+    import mvae.train as train
+
+    original = train.train_module
+
+    def patched(*args, **kwargs):
+        kwargs["on_step"] = lambda e, s: (e, s) == (3, 1) and os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_module", patched)
+    with pytest.raises(TrainingInterrupted) as info:
+        MultinomialVAE(**SETTINGS).fit(X, checkpoint=ck)
+    assert info.value.exit_code == 130
+    monkeypatch.setattr(train, "train_module", original)
+    resumed = MultinomialVAE(**SETTINGS).fit(X, checkpoint=ck, resume=True)
+    np.testing.assert_array_equal(resumed.transform(X), ref.transform(X))
