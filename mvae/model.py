@@ -275,11 +275,8 @@ class MultinomialVAE:
         -------
         self
         """
-        import torch
-
         from .data import CountData
-        from .modules import MultinomialVAEModule, MVAEConfig
-        from .train import TrainConfig, resolve_device, torch_threads, train_module
+        from .train import resolve_device, torch_threads
         from .validation import check_counts, drop_empty
 
         if resume and self.random_state is None:
@@ -299,51 +296,139 @@ class MultinomialVAE:
         seed = (int(self.random_state) if self.random_state is not None
                 else int(np.random.default_rng().integers(2**31 - 1)))
         self.seed_ = seed
-        self.basis_ = self._make_basis(filtered.feature_ids)
-        self.feature_ids_ = list(filtered.feature_ids)
-        self._feature_index = {f: i for i, f in enumerate(self.feature_ids_)}
-        self.input_feature_ids_ = list(feature_ids)
-        self.kept_feature_index_ = np.asarray(filtered.kept_feature_index)
-        self.filtered_ = filtered.report()
-        self.n_features_in_ = d_in
-
+        self._set_features(filtered.feature_ids, feature_ids, filtered.kept_feature_index,
+                           filtered.report())
         rng = np.random.default_rng(seed)
         n_valid = int(round(self.validation_fraction * n)) if n >= 10 else 0
         perm = rng.permutation(n)
         valid_idx, train_idx = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
         train_counts = counts[train_idx]
+        with torch_threads(self.threads):
+            self._train(
+                CountData(train_counts, device),
+                CountData(counts[valid_idx], device) if n_valid else None,
+                stats=_input_statistics(train_counts, float(self.pseudocount)),
+                pca_rows=lambda idx: train_counts[idx],
+                fingerprint=self._fingerprint(counts, filtered), rng=rng, device=device,
+                train_depths=np.asarray(train_counts.sum(axis=1)).ravel(),
+                checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
+        if _is_anndata(X):
+            self._write_anndata(X, counts, filtered)
+        return self
 
+    def fit_stream(self, path, *, layer: str | None = None, max_bytes: int = 256 * 2**20,
+                   checkpoint=None, checkpoint_every: int = 0,
+                   resume: bool = False) -> "MultinomialVAE":
+        """Fit to an HDF5 ``.biom`` or ``.h5ad`` table without loading it into memory.
+
+        Rows are read in chunks of about ``max_bytes`` (see :class:`mvae.streaming.StreamingCounts`),
+        shuffled chunk by chunk each epoch; one pass over the file finds the all-zero samples and
+        features, the depths and the input statistics. Memory is bounded by the chunk size plus
+        O(n + D) bookkeeping. Results are the same kind as :meth:`fit`'s but not bitwise equal to
+        it (the shuffle differs).
+        """
+        from .checkpoint import sha256_file
+        from .streaming import StreamingCounts
+        from .train import resolve_device, torch_threads
+        from .validation import DroppedWarning
+
+        if resume and self.random_state is None:
+            raise InputError("resume=True needs a fixed random_state (the checkpoint records "
+                             "the seed it was started with)")
+        device = resolve_device(self.device)
+        with StreamingCounts(path, layer=layer, max_bytes=max_bytes) as whole:
+            scan = whole.scan()
+            all_samples, all_features = list(whole.sample_ids), list(whole.feature_ids)
+        rows = np.flatnonzero(scan.sample_nnz > 0)
+        feats = np.flatnonzero(scan.feature_nnz > 0)
+        dropped_s = [all_samples[i] for i in np.flatnonzero(scan.sample_nnz == 0)]
+        dropped_f = [all_features[j] for j in np.flatnonzero(scan.feature_nnz == 0)]
+        for kept, axis in ((rows, "samples"), (feats, "features")):
+            if len(kept) < 2:
+                raise InputError(f"{path}: fewer than 2 {axis} with any reads after dropping "
+                                 f"all-zero ones ({len(kept)} left)")
+        if dropped_s or dropped_f:
+            warnings.warn(f"dropped {len(dropped_s)} all-zero samples and {len(dropped_f)} "
+                          f"all-zero features", DroppedWarning, stacklevel=2)
+        data = StreamingCounts(path, rows=rows, features=feats, layer=layer,
+                               max_bytes=max_bytes, device=device)
+        n, D = len(data), data.n_features
+        self._check_params(D)
+        depths = scan.depths[rows]
+        sample_ids = [all_samples[i] for i in rows]
+        feature_ids = [all_features[j] for j in feats]
+        _warn_about_depths(depths, sample_ids)
+        seed = (int(self.random_state) if self.random_state is not None
+                else int(np.random.default_rng().integers(2**31 - 1)))
+        self.seed_ = seed
+        import pandas as pd
+
+        report = pd.DataFrame({"axis": ["sample"] * len(dropped_s) + ["feature"] * len(dropped_f),
+                               "id": dropped_s + dropped_f,
+                               "reason": "all-zero"})
+        self._set_features(feature_ids, all_features, feats, report)
+        rng = np.random.default_rng(seed)
+        n_valid = int(round(self.validation_fraction * n)) if n >= 10 else 0
+        perm = rng.permutation(n)
+        valid_idx, train_idx = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
+        train = data.subset(train_idx)
+        fingerprint = self._fingerprint_parts(
+            [sha256_file(path).encode(), json.dumps([sample_ids, feature_ids]).encode()])
+        with torch_threads(self.threads):
+            self._train(train, data.subset(valid_idx) if n_valid else None,
+                        stats=train.input_statistics(float(self.pseudocount)),
+                        pca_rows=lambda idx: train.subset(idx).to_csr(),
+                        fingerprint=fingerprint, rng=rng, device=device,
+                        train_depths=depths[train_idx], checkpoint=checkpoint,
+                        checkpoint_every=checkpoint_every, resume=resume)
+        return self
+
+    def _set_features(self, feature_ids, input_feature_ids, kept_feature_index, report) -> None:
+        self.basis_ = self._make_basis(list(feature_ids))
+        self.feature_ids_ = list(feature_ids)
+        self._feature_index = {f: i for i, f in enumerate(self.feature_ids_)}
+        self.input_feature_ids_ = list(input_feature_ids)
+        self.kept_feature_index_ = np.asarray(kept_feature_index)
+        self.filtered_ = report
+        self.n_features_in_ = len(self.input_feature_ids_)
+
+    def _train(self, train_data, valid_data, *, stats, pca_rows, fingerprint, rng, device,
+               train_depths, checkpoint, checkpoint_every, resume) -> None:
+        """Build the module, initialise it from the training data and run the training loop."""
+        import torch
+
+        from .modules import MultinomialVAEModule, MVAEConfig
+        from .train import TrainConfig, train_module
+
+        D = len(self.feature_ids_)
         config = MVAEConfig(n_features=D, n_latent=int(self.n_latent), n_hidden=int(self.n_hidden),
                             encoder_depth=int(self.encoder_depth),
                             pseudocount=float(self.pseudocount), objective=self.objective,
                             activation=self.activation, dropout=float(self.dropout),
                             n_mc_samples=int(self.n_mc_samples), posterior=self.posterior)
-        with torch_threads(self.threads), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed_)
             module = MultinomialVAEModule(config)
-            pooled, centre, scale = _input_statistics(train_counts, config.pseudocount)
+            pooled, centre, scale = stats
             module.initialise_from_data(torch.as_tensor(pooled, dtype=torch.float32),
                                         torch.as_tensor(centre, dtype=torch.float32), scale)
             if self.init == "pca":
-                _pca_initialise(module, train_counts, rng)
+                _pca_initialise(module, len(train_data), pca_rows, rng)
             module.to(device)
-            train_data = CountData(train_counts, device)
-            valid_data = CountData(counts[valid_idx], device) if n_valid else None
-            max_epochs, patience = _epoch_budget(len(train_idx), int(self.batch_size),
+            max_epochs, patience = _epoch_budget(len(train_data), int(self.batch_size),
                                                  self.max_epochs, self.patience)
             tconf = TrainConfig(max_epochs=max_epochs, batch_size=int(self.batch_size),
                                 learning_rate=float(self.learning_rate),
                                 early_stopping=bool(self.early_stopping), patience=patience,
                                 kl_warmup_epochs=int(self.kl_warmup_epochs),
-                                progress=bool(self.progress), seed=seed)
+                                progress=bool(self.progress), seed=self.seed_)
             history = train_module(module, train_data, valid_data, tconf,
                                    checkpoint_path=checkpoint, checkpoint_every=checkpoint_every,
-                                   fingerprint=self._fingerprint(counts, filtered),
-                                   resume=resume)
+                                   fingerprint=fingerprint, resume=resume)
         self.module_ = module.cpu().eval()
         self.history_ = history.to_frame()
         self.best_epoch_ = history.best_epoch
-        self.train_depths_ = np.asarray(train_counts.sum(axis=1)).ravel()
+        self.train_depths_ = np.asarray(train_depths, dtype=np.float64)
         self._set_ordered_form()
         collapsed = np.flatnonzero(self.explained_variance_ < COLLAPSE_RATIO * self.noise_variance_)
         self.collapsed_dims_ = collapsed
@@ -353,19 +438,21 @@ class MultinomialVAE:
                 f"{[int(i) + 1 for i in collapsed]} explain less than {COLLAPSE_RATIO:g} x the "
                 f"noise variance); the table supports fewer dimensions: consider "
                 f"n_latent={self.n_latent - len(collapsed)}", CollapsedDimensionsWarning,
-                stacklevel=2)
-        if _is_anndata(X):
-            self._write_anndata(X, counts, filtered)
-        return self
+                stacklevel=3)
 
     def _fingerprint(self, counts, filtered) -> str:
         """sha256 of the counts, ids and the settings that change the result."""
+        return self._fingerprint_parts(
+            [np.ascontiguousarray(a).tobytes() for a in (counts.indptr, counts.indices,
+                                                         counts.data)]
+            + [json.dumps([filtered.sample_ids, filtered.feature_ids]).encode()])
+
+    def _fingerprint_parts(self, parts) -> str:
         import hashlib
 
         h = hashlib.sha256()
-        for arr in (counts.indptr, counts.indices, counts.data):
-            h.update(np.ascontiguousarray(arr).tobytes())
-        h.update(json.dumps([filtered.sample_ids, filtered.feature_ids]).encode())
+        for part in parts:
+            h.update(part)
         params = {k: v for k, v in self.get_params().items()
                   if k not in ("progress", "threads", "device")}
         params["tree"] = None if params["tree"] is None else str(params["tree"])
@@ -448,8 +535,26 @@ class MultinomialVAE:
         New tables may have their features in another order or be a subset/superset when given as
         AnnData or DataFrame: missing features are zero-filled and unknown ones dropped, with a warning.
         """
+        from .streaming import StreamingCounts
+
+        if isinstance(X, StreamingCounts):
+            return self._transform_stream(X)
         M, _ = self._aligned(X, layer)
         return self._transform_csr(M)
+
+    def _transform_stream(self, data) -> np.ndarray:
+        """Embeddings of a StreamingCounts table read chunk by chunk (features must match)."""
+        import torch
+
+        from .train import torch_threads
+
+        if list(data.feature_ids) != self.feature_ids_:
+            raise InputError("the streamed table's features differ from the model's; open it "
+                             "with StreamingCounts(path, features=model.kept_feature_index_)")
+        rows = int(np.clip(INFERENCE_ENTRIES // (4 * data.n_features), 1, 1024))
+        with torch_threads(self.threads), torch.no_grad():
+            parts = [self.module_.latent_mean(b).double().numpy() for b in data.chunks(rows)]
+        return np.concatenate(parts) @ self.rotation_
 
     def fit_transform(self, X, *, layer: str | None = None) -> np.ndarray:
         """``fit(X)`` then ``transform(X)``."""
@@ -676,13 +781,20 @@ class CountsWarning(UserWarning):
 
 
 def _warn_about_counts(counts, sample_ids, feature_ids) -> None:
-    depths = np.asarray(counts.sum(axis=1)).ravel()
+    _warn_about_depths(np.asarray(counts.sum(axis=1)).ravel(), sample_ids)
+    _warn_about_large_counts(counts, sample_ids, feature_ids)
+
+
+def _warn_about_depths(depths, sample_ids) -> None:
     low = np.flatnonzero(depths < LOW_DEPTH)
     if len(low):
         shown = ", ".join(f"{sample_ids[i]!r} ({int(depths[i])})" for i in low[:5])
         warnings.warn(f"{len(low)} samples have fewer than {LOW_DEPTH} reads: {shown}"
                       f"{' ...' if len(low) > 5 else ''}; their embeddings are uncertain and they "
-                      "may score as anomalies", CountsWarning, stacklevel=3)
+                      "may score as anomalies", CountsWarning, stacklevel=4)
+
+
+def _warn_about_large_counts(counts, sample_ids, feature_ids) -> None:
     if counts.nnz and counts.data.max() > FLOAT32_EXACT:
         j = int(np.argmax(counts.data))
         row = int(np.searchsorted(counts.indptr, j, side="right") - 1)
@@ -695,19 +807,22 @@ def _warn_about_counts(counts, sample_ids, feature_ids) -> None:
 PCA_INIT_ENTRIES = 2 * 10**7
 
 
-def _pca_initialise(module, counts, rng) -> None:
-    """Set W̃ and σ from probabilistic PCA of clr(x + c) on a random subset of samples."""
+def _pca_initialise(module, n: int, read_rows, rng) -> None:
+    """Set W̃ and σ from probabilistic PCA of clr(x + c) on a random subset of the n samples.
+
+    ``read_rows(index)`` returns those training rows as a CSR matrix (in memory or streamed).
+    """
     import torch
 
     from .baselines import clr_pca
 
-    n, D = counts.shape
+    D = module.config.n_features
     k = module.config.n_latent
     rows = int(min(n, max(2 * (k + 1), PCA_INIT_ENTRIES // D)))
     if rows <= k + 1:  # too few samples for k components: keep the random start
         return
     subset = np.sort(rng.choice(n, size=rows, replace=False)) if rows < n else np.arange(n)
-    pca = clr_pca(counts[subset], k, pseudocount=module.config.pseudocount)
+    pca = clr_pca(read_rows(subset), k, pseudocount=module.config.pseudocount)
     with torch.no_grad():
         module.loadings_raw.copy_(torch.as_tensor(pca.loadings_clr, dtype=torch.float32))
         module.log_sigma.fill_(0.5 * math.log(max(float(pca.noise_variance), 1e-4)))
