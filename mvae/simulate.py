@@ -22,6 +22,8 @@ float) array; the result depends only on the seed, not on the chunk size.
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass
 
 import numpy as np
@@ -344,3 +346,18 @@ def simulate(
         feature_ids=np.array([f"f{j}" for j in range(d)]),
         random_state=seed,
     )
+
+
+class _CallableModule(types.ModuleType):
+    """Let ``mvae.simulate(...)`` call :func:`simulate` even after ``import mvae.simulate``.
+
+    Importing the submodule makes Python bind the module object to the package attribute
+    ``mvae.simulate``, which would shadow the function that ``mvae`` exports under that name.
+    Giving this module a ``__call__`` keeps both spellings working.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return simulate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

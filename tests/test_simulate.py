@@ -221,3 +221,12 @@ def test_frozen():
         sim.sigma = 1.0
     with pytest.raises(ValueError):
         sim.z[0, 0] = 1.0
+
+
+def test_package_level_simulate_is_callable_even_after_submodule_import():
+    import mvae
+    import mvae.simulate  # noqa: F401  (binds the submodule to mvae.simulate)
+
+    a = mvae.simulate(20, 5, 2, random_state=1)
+    b = simulate(20, 5, 2, random_state=1)
+    np.testing.assert_array_equal(a.counts.toarray(), b.counts.toarray())
