@@ -370,7 +370,8 @@ def _sparcc_basis(t, n_iterations, threshold, min_variance):
         m = keep.astype(np.float64)
         np.fill_diagonal(m, keep.sum(axis=1))  # D - 1 - e_i
         rhs = np.where(keep, t, 0.0).sum(axis=1)
-        omega2 = np.clip(np.linalg.solve(m, rhs), min_variance, None)
+        # least squares: once many pairs are excluded at small D the system can be singular
+        omega2 = np.clip(np.linalg.lstsq(m, rhs, rcond=None)[0], min_variance, None)
         omega = np.sqrt(omega2)
         rho = (omega2[:, None] + omega2[None, :] - t) / (2.0 * np.outer(omega, omega))
         np.clip(rho, -1.0, 1.0, out=rho)

@@ -243,7 +243,7 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
 @click.option("--latent-dim", "-k", default=10, type=click.IntRange(min=1),
               help="Latent dimensions k.")
 @click.option("--encoder-depth", default=2, type=click.IntRange(min=1),
-              help="Encoder layers including the output head (1 = linear).")
+              help="Encoder depth L: L - 1 nonlinear hidden layers (1 = a linear encoder).")
 @click.option("--hidden", default=128, type=click.IntRange(min=1), help="Encoder width.")
 @click.option("--pseudocount", default=1.0, type=click.FloatRange(min=0, min_open=True),
               help="Pseudocount c in the encoder input log(x + c).")
@@ -258,7 +258,7 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
 @click.option("--epochs", default=None, type=click.IntRange(min=1),
               help="Maximum epochs [default: chosen from the table size].")
 @click.option("--batch-size", default=128, type=click.IntRange(min=1))
-@click.option("--lr", default=1e-3, type=click.FloatRange(min=0, min_open=True),
+@click.option("--lr", default=3e-3, type=click.FloatRange(min=0, min_open=True),
               help="Adam learning rate.")
 @click.option("--seed", default=0, type=click.IntRange(min=0),
               help="Random seed (same seed and threads, same result).")
@@ -574,7 +574,7 @@ def _parse_eigenvalues(ctx, param, value):
               help="Spread of mean clr abundances (larger = sparser).")
 @click.option("--eigenvalues", default=None, callback=_parse_eigenvalues,
               help="Comma-separated variances of the k latent directions [default: geometric "
-                   "from 4 to 1].")
+                   "from 0.2 D to 0.02 D].")
 @click.option("--seed", default=0, type=click.IntRange(min=0), help="Random seed.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @_verbosity
@@ -750,6 +750,14 @@ def _table_summary(path: Path, layer, orientation) -> dict:
         "first samples": [str(s) for s in adata.obs_names[:3]],
         "first features": [str(f) for f in adata.var_names[:3]],
     }
+
+
+# Command groups that live in their own modules (each imports its heavy dependencies lazily).
+from .cli_benchmark import benchmark  # noqa: E402
+from .cli_images import images  # noqa: E402
+
+main.add_command(benchmark)
+main.add_command(images)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -229,6 +229,14 @@ class LowRankCovariance:
         Returns
         -------
         float
+
+        Examples
+        --------
+        >>> from mvae.compositions import HelmertBasis
+        >>> cov = LowRankCovariance(np.array([[1.0], [-1.0], [0.0]]), 0.5)
+        >>> ilr = cov.to_ilr(HelmertBasis(3))
+        >>> bool(np.isclose(cov.logdet(), np.linalg.slogdet(ilr.dense())[1]))
+        True
         """
         chol = self._capacitance_cholesky()  # chol chol^T = sigma^2 I + F^T F
         # |I + F^T F / s2| = |s2 I + F^T F| / s2^k
@@ -371,6 +379,14 @@ class LowRankCovariance:
             Columns ``feature_a``, ``feature_b`` (ids, ``feature_a`` before ``feature_b`` in the
             feature order), ``correlation``, ``covariance``; sorted by ``|correlation|``
             descending (ties by position). Features with zero variance have correlation 0.
+
+        Examples
+        --------
+        >>> cov = LowRankCovariance(np.array([[1.0], [-1.0], [0.0]]), 0.5)
+        >>> cov.top_correlations(2)
+          feature_a feature_b  correlation  covariance
+        0        f0        f1       -0.875   -1.166667
+        1        f0        f2       -0.250   -0.166667
         """
         n = int(n)
         if n < 0:

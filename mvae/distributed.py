@@ -73,7 +73,8 @@ def current() -> DistInfo | None:
 def init_from_env(device: str = "cpu") -> DistInfo | None:
     """Join the process group torchrun describes in the environment (no-op when already joined).
 
-    Returns None when the environment names no process group (not launched by torchrun).
+    Returns this rank's :class:`DistInfo` (None for a group of one); raises InputError when the
+    environment names no process group (not launched by torchrun).
     """
     import torch.distributed as dist
 

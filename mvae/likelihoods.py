@@ -4,6 +4,13 @@ Everything here is a pure function of tensors: no parameters, no state. Per-samp
 returned (shape ``(B,)``) so that callers can report reconstruction and KL terms separately and use
 the per-sample negative ELBO as an anomaly score.
 
+- :func:`multinomial_log_prob` -- :math:`\\log \\operatorname{Mult}(x \\mid \\operatorname{softmax}\\ell)`,
+  with :func:`multinomial_log_const`, :func:`count_depths` and :func:`sparse_row_dot` as parts;
+- :func:`kl_normal_standard` -- KL of a diagonal Gaussian from N(0, I) (the ``sampled`` objective);
+- :class:`LowRankPrior`, :func:`kl_diag_to_lowrank` -- KL of a diagonal Gaussian from
+  :math:`N(b, W W^\\top + \\sigma^2 I)` in O(D k²) by Woodbury and the matrix determinant lemma
+  (the ``marginal`` objective; see docs/model.md §5).
+
 Counts may be a dense ``(B, D)`` tensor or a sparse COO tensor of the same shape. For sparse counts
 only the non-zero entries enter :math:`\\sum_d x_d \\ell_d` and :math:`\\sum_d \\log x_d!`; the
 normaliser :math:`N \\operatorname{logsumexp}(\\ell)` always runs over all D logits.
@@ -43,6 +50,13 @@ def sparse_row_dot(counts: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     Returns
     -------
     torch.Tensor, shape (B,) or (S, B)
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[2.0, 0.0, 1.0]]).to_sparse()
+    >>> sparse_row_dot(x, torch.tensor([[1.0, 2.0, 3.0]]))   # 2*1 + 1*3
+    tensor([5.])
     """
     rows, cols, vals = _coo_parts(counts)
     picked = logits[..., rows, cols] * vals.to(logits.dtype)  # (..., nnz)
@@ -51,7 +65,23 @@ def sparse_row_dot(counts: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 
 def count_depths(counts: torch.Tensor) -> torch.Tensor:
-    """Reads per sample :math:`N_b = \\sum_d x_{bd}`, shape (B,), for dense or sparse counts."""
+    """Reads per sample, :math:`N_b = \\sum_d x_{bd}`.
+
+    Parameters
+    ----------
+    counts : torch.Tensor, shape (B, D), dense or sparse COO
+
+    Returns
+    -------
+    torch.Tensor, shape (B,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[2.0, 0.0, 1.0], [0.0, 5.0, 0.0]])
+    >>> count_depths(x), count_depths(x.to_sparse())
+    (tensor([3., 5.]), tensor([3., 5.]))
+    """
     if counts.is_sparse:
         rows, _, vals = _coo_parts(counts)
         out = vals.new_zeros(counts.shape[0])
@@ -95,6 +125,17 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor,
     Returns
     -------
     torch.Tensor, shape (B,) or (S, B)
+
+    Examples
+    --------
+    Equal logits give the uniform composition: :math:`\\log \\tfrac{3!}{2!\\,0!\\,1!} - 3\\log 3`.
+
+    >>> import torch
+    >>> x = torch.tensor([[2.0, 0.0, 1.0]])
+    >>> multinomial_log_prob(torch.zeros(1, 3), x)
+    tensor([-2.1972])
+    >>> multinomial_log_prob(torch.zeros(4, 1, 3), x.to_sparse()).shape   # 4 Monte Carlo draws
+    torch.Size([4, 1])
     """
     if counts.is_sparse:
         dot = sparse_row_dot(counts, logits)
@@ -108,7 +149,22 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor,
 
 
 def multinomial_log_const(counts: torch.Tensor) -> torch.Tensor:
-    """:math:`\\log N! - \\sum_d \\log x_d!` per sample, shape (B,), dense or sparse counts."""
+    """The multinomial coefficient's log, :math:`\\log N! - \\sum_d \\log x_d!`, per sample.
+
+    Parameters
+    ----------
+    counts : torch.Tensor, shape (B, D), dense or sparse COO
+
+    Returns
+    -------
+    torch.Tensor, shape (B,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> multinomial_log_const(torch.tensor([[2.0, 0.0, 1.0]]))   # log 3
+    tensor([1.0986])
+    """
     return torch.lgamma(count_depths(counts) + 1) - _log_factorial_sum(counts)
 
 
@@ -117,9 +173,22 @@ def kl_normal_standard(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tenso
 
     .. math:: \\tfrac12 \\sum_j (\\mu_j^2 + v_j - 1 - \\log v_j)
 
+    Parameters
+    ----------
+    mean : torch.Tensor, shape (B, k)
+        :math:`\\mu`.
+    log_var : torch.Tensor, shape (B, k)
+        :math:`\\log v`.
+
     Returns
     -------
     torch.Tensor, shape (B,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> kl_normal_standard(torch.tensor([[0.0, 2.0]]), torch.zeros(1, 2))   # (0 + 4) / 2
+    tensor([2.])
     """
     return 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(-1)
 
@@ -138,8 +207,30 @@ class LowRankPrior:
     Parameters
     ----------
     loadings : torch.Tensor, shape (D, k)
+        :math:`W` (in the module, the clr loadings :math:`\\tilde W`).
     bias : torch.Tensor, shape (D,)
+        :math:`b`.
     noise_variance : torch.Tensor, scalar
+        :math:`\\sigma^2 > 0`.
+
+    Attributes
+    ----------
+    chol : torch.Tensor, shape (k, k)
+        Lower Cholesky factor :math:`L` of :math:`C = LL^\\top`.
+    whitened : torch.Tensor, shape (D, k)
+        :math:`U = W L^{-\\top}`, so that :math:`W C^{-1} W^\\top = U U^\\top`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> W = torch.tensor([[1.0], [-1.0], [0.0]], dtype=torch.float64)
+    >>> prior = LowRankPrior(W, torch.zeros(3, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64))
+    >>> dense = W @ W.T + 0.5 * torch.eye(3, dtype=torch.float64)
+    >>> bool(torch.isclose(prior.logdet(), torch.logdet(dense)))
+    True
+    >>> delta = torch.tensor([[1.0, 0.0, -1.0]], dtype=torch.float64)
+    >>> bool(torch.isclose(prior.mahalanobis(delta)[0], delta[0] @ torch.linalg.solve(dense, delta[0])))
+    True
     """
 
     def __init__(self, loadings: torch.Tensor, bias: torch.Tensor, noise_variance: torch.Tensor):
@@ -155,20 +246,40 @@ class LowRankPrior:
 
     @property
     def n_features(self) -> int:
+        """D, the dimension of the Gaussian."""
         return self.loadings.shape[0]
 
     def logdet(self) -> torch.Tensor:
-        """:math:`\\log|\\Sigma|` by the matrix determinant lemma."""
+        """:math:`\\log|\\Sigma| = (D - k)\\log\\sigma^2 + 2\\sum_j \\log L_{jj}`, a scalar tensor."""
         D, k = self.loadings.shape
         return (D - k) * torch.log(self.noise_variance) + 2.0 * torch.log(torch.diagonal(self.chol)).sum()
 
     def mahalanobis(self, delta: torch.Tensor) -> torch.Tensor:
-        """:math:`\\delta^\\top \\Sigma^{-1} \\delta` per row, delta shape (B, D) -> (B,)."""
+        """:math:`\\delta^\\top \\Sigma^{-1} \\delta = \\sigma^{-2}(\\lVert\\delta\\rVert^2 - \\lVert U^\\top\\delta\\rVert^2)` per row.
+
+        Parameters
+        ----------
+        delta : torch.Tensor, shape (B, D)
+
+        Returns
+        -------
+        torch.Tensor, shape (B,)
+        """
         proj = delta @ self.whitened  # (B, D) @ (D, k) -> (B, k)
         return (delta.pow(2).sum(-1) - proj.pow(2).sum(-1)) / self.noise_variance
 
     def trace_diag(self, var: torch.Tensor) -> torch.Tensor:
-        """:math:`\\operatorname{tr}(\\Sigma^{-1}\\operatorname{diag} v)` per row, var shape (B, D) -> (B,)."""
+        """:math:`\\operatorname{tr}(\\Sigma^{-1}\\operatorname{diag} v) = \\sigma^{-2}\\sum_d v_d (1 - \\lVert U_{d\\cdot}\\rVert^2)` per row.
+
+        Parameters
+        ----------
+        var : torch.Tensor, shape (B, D)
+            Variances :math:`v`.
+
+        Returns
+        -------
+        torch.Tensor, shape (B,)
+        """
         lever = self.whitened.pow(2).sum(-1)  # (D,) diagonal of W C^{-1} Wᵀ
         return (var.sum(-1) - var @ lever) / self.noise_variance
 
@@ -181,14 +292,34 @@ def kl_diag_to_lowrank(mean: torch.Tensor, log_var: torch.Tensor, prior: LowRank
         \\mathrm{KL} = \\tfrac12\\left[\\operatorname{tr}(\\Sigma^{-1} V) + (m - b)^\\top \\Sigma^{-1}(m - b)
             - D + \\log|\\Sigma| - \\sum_d \\log v_d\\right]
 
+    with :math:`V = \\operatorname{diag}(e^{\\text{log\\_var}})`, every term by :class:`LowRankPrior`'s
+    Woodbury and determinant-lemma forms.
+
     Parameters
     ----------
     mean, log_var : torch.Tensor, shape (B, D)
+        :math:`m` and :math:`\\log v` of the diagonal Gaussian.
     prior : LowRankPrior
 
     Returns
     -------
     torch.Tensor, shape (B,)
+
+    Examples
+    --------
+    Against torch's dense KL:
+
+    >>> import torch
+    >>> W = torch.tensor([[1.0], [-1.0], [0.0]], dtype=torch.float64)
+    >>> b = torch.zeros(3, dtype=torch.float64)
+    >>> prior = LowRankPrior(W, b, torch.tensor(0.5, dtype=torch.float64))
+    >>> m = torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float64)
+    >>> log_var = torch.zeros(1, 3, dtype=torch.float64)
+    >>> dense = torch.distributions.kl_divergence(
+    ...     torch.distributions.MultivariateNormal(m[0], torch.diag(log_var[0].exp())),
+    ...     torch.distributions.MultivariateNormal(b, W @ W.T + 0.5 * torch.eye(3, dtype=torch.float64)))
+    >>> bool(torch.isclose(kl_diag_to_lowrank(m, log_var, prior)[0], dense))
+    True
     """
     D = prior.n_features
     var = log_var.exp()

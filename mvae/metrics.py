@@ -92,6 +92,15 @@ def principal_angles(A, B):
     ndarray of shape (min(rank A, rank B),)
         Angles in :math:`[0, \pi/2]`, smallest first (``scipy.linalg.subspace_angles`` returns
         the same values, largest first).
+
+    Examples
+    --------
+    The (x, y) and (x, z) planes share the x axis and are orthogonal otherwise:
+
+    >>> A = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    >>> B = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    >>> principal_angles(A, B)
+    array([0.        , 1.57079633])
     """
     angles, _ = _angles_and_ranks(A, B)
     return np.sort(angles)
@@ -119,6 +128,15 @@ def subspace_distance(A, B):
     Returns
     -------
     float
+
+    Examples
+    --------
+    >>> A = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    >>> B = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    >>> subspace_distance(A, B)                        # (sin² 0 + sin² 90°) / 2
+    0.5
+    >>> subspace_distance(A, A @ np.array([[0.6, -0.8], [0.8, 0.6]]))   # a rotation: same subspace
+    0.0
     """
     angles, (ka, kb) = _angles_and_ranks(A, B)
     k = max(ka, kb)
@@ -201,6 +219,13 @@ def relative_frobenius(est, true):
     Returns
     -------
     float
+
+    Examples
+    --------
+    >>> from mvae.covariance import LowRankCovariance
+    >>> true = LowRankCovariance(np.array([[1.0], [-1.0], [0.0]]), 0.5)
+    >>> round(relative_frobenius(1.1 * true.dense(), true), 6)    # dense against low rank
+    0.1
     """
     est = _as_covariance(est, "est")
     true = _as_covariance(true, "true")
@@ -234,6 +259,12 @@ def covariance_to_correlation(S):
     ndarray of shape (D, D)
         Unit diagonal, entries clipped to [-1, 1]; rows and columns of features with zero
         variance are NaN.
+
+    Examples
+    --------
+    >>> covariance_to_correlation(np.array([[4.0, 2.0], [2.0, 9.0]]))   # 2 / (2 * 3)
+    array([[1.        , 0.33333333],
+           [0.33333333, 1.        ]])
     """
     s = np.asarray(S, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
@@ -296,6 +327,13 @@ def correlation_agreement(est_corr, true_corr) -> CorrelationAgreement:
     Returns
     -------
     CorrelationAgreement
+
+    Examples
+    --------
+    >>> true = np.array([[1.0, 0.5, -0.2], [0.5, 1.0, 0.1], [-0.2, 0.1, 1.0]])
+    >>> agreement = correlation_agreement(true, true)
+    >>> agreement.pearson, agreement.spearman, agreement.rmse
+    (1.0, 1.0, 0.0)
     """
     est = _as_correlation(est_corr, "est_corr")
     true = _as_correlation(true_corr, "true_corr")
@@ -357,6 +395,12 @@ def embedding_r2(z_true, z_est):
     -------
     float
         At most 1; 1 when ``z_true`` is an affine function of ``z_est``.
+
+    Examples
+    --------
+    >>> z = np.random.default_rng(0).normal(size=(50, 2))
+    >>> embedding_r2(z, z @ np.array([[2.0, 1.0], [0.0, 1.0]]) + 3.0)   # an affine map of z
+    1.0
     """
     zt, ze = _check_embeddings(z_true, z_est)
     zt_c = zt - zt.mean(axis=0)  # the intercept absorbs the means
@@ -385,6 +429,12 @@ def procrustes_disparity(z_true, z_est):
     Returns
     -------
     float
+
+    Examples
+    --------
+    >>> z = np.random.default_rng(0).normal(size=(50, 2))
+    >>> round(procrustes_disparity(z, -2.0 * z), 12)   # a reflection and a scaling
+    0.0
     """
     from scipy.spatial import procrustes
 

@@ -50,7 +50,8 @@ class MultinomialVAE:
     n_latent : int
         Latent dimensions k (1 ≤ k < number of features).
     encoder_depth : int
-        Linear maps in the encoder including its output head; 1 is a linear encoder.
+        L: the encoder has L − 1 nonlinear hidden layers before its output heads; L = 1 is a
+        linear encoder (a width-``n_hidden`` linear bottleneck and linear heads).
     n_hidden : int
         Width of the encoder's hidden layers.
     pseudocount : float
