@@ -222,8 +222,13 @@ class _ImageModel:
 
     def reconstruct(self, X) -> np.ndarray:
         """Reconstructions of X, (n, H, W, C) float32 in [0, 1]: the decoder's mean image at the
-        code of each image (with ``context``, decoded pixel by pixel, each pixel its most likely
-        value)."""
+        code of each image (a VAE with ``context`` draws pixel by pixel with the model's seed and
+        shows each pixel's conditional mean)."""
+        import torch
+
+        gen = torch.Generator().manual_seed(self.seed_ + 5)
+        if getattr(self.module_.config, "context", 0):
+            return self._run(lambda b: self._to_hwc(self.module_.reconstruct(b, generator=gen)), X)
         return self._run(lambda b: self._to_hwc(self.module_.reconstruct(b)), X)
 
     def reconstruction_error(self, X, clean=None) -> np.ndarray:

@@ -461,9 +461,18 @@ class ConvVAEModule(_ConvBase):
         """Posterior means E[z | x], shape (B, k)."""
         return self.encode(x).mean
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean images of p(x | z = E[z | x]), shape (B, C, H, W)."""
-        return self.decode(self.embed(x))
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images decoded from z = E[z | x], shape (B, C, H, W).
+
+        Without context, the mean image of p(x | z). With it, pixels are drawn one by one (with
+        ``generator``) and each is shown as its conditional mean: greedy decoding, feeding every
+        pixel its most likely value, tends to switch strokes off for good once a pixel falls
+        below ½ and gives near-blank digits.
+        """
+        z = self.embed(x)
+        if self.config.context:
+            return self.decode(z, generator=generator, greedy=False)
+        return self.decode(z)
 
     @torch.no_grad()
     def importance_log_likelihood(self, x: torch.Tensor, n_samples: int = 64,
