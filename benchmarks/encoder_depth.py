@@ -54,6 +54,10 @@ def _parse(argv):
     p.add_argument("-o", "--out-dir", default=str(DEFAULT_OUT), help="output directory")
     p.add_argument("--smoke", action="store_true", help="tiny design for CI (under a minute)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: 3; smoke 1)")
+    p.add_argument("--pseudocount-seeds", type=int, default=None,
+                   help="seeds of the pseudocount sweep (default: --seeds)")
+    p.add_argument("--scale-seeds", type=int, default=None,
+                   help="seeds of the other (D, n) cells (default: 2; smoke 0)")
     p.add_argument("--jobs", type=int, default=1, help="parallel processes, one thread each")
     p.add_argument("--dry-run", action="store_true", help="list the tasks and exit")
     p.add_argument("--no-plots", action="store_true")
@@ -70,6 +74,13 @@ def cli(argv=None) -> int:
             print(f"--seeds must be >= 1, got {args.seeds}", file=sys.stderr)
             return 2
         config = replace(config, seeds=args.seeds)
+    for name in ("pseudocount_seeds", "scale_seeds"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 0:
+                print(f"--{name.replace('_', '-')} must be >= 0, got {value}", file=sys.stderr)
+                return 2
+            config = replace(config, **{name: value})
     if args.dry_run:
         for t in build_tasks(config):
             print(t.task_id)

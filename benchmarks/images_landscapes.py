@@ -14,7 +14,7 @@ reconstructions}.png``.
 
 Usage::
 
-    python benchmarks/images_landscapes.py             # about 10 CPU-minutes
+    python benchmarks/images_landscapes.py             # about 13 CPU-minutes
     python benchmarks/images_landscapes.py --epochs 1 -o /tmp/x --figures /tmp/x
 """
 
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--latent", type=int, default=64)
     parser.add_argument("--filters", type=int, default=32)
     parser.add_argument("--depth", type=int, default=3)

@@ -30,11 +30,16 @@ def benchmark():
                    "minute; for CI and for trying the command.")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Seeds per cell [default: 3, smoke 1].")
+@click.option("--pseudocount-seeds", type=click.IntRange(min=0), default=None,
+              help="Seeds of the pseudocount sweep [default: --seeds].")
+@click.option("--scale-seeds", type=click.IntRange(min=0), default=None,
+              help="Seeds of the other (D, n) cells [default: 2, smoke 0].")
 @click.option("--jobs", type=click.IntRange(min=1), default=1,
               help="Parallel processes, one torch thread each.")
 @click.option("--dry-run", is_flag=True, help="List the tasks of the design and exit.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
-def encoder_depth(out_dir, smoke, seeds, jobs, dry_run, no_plots):
+def encoder_depth(out_dir, smoke, seeds, pseudocount_seeds, scale_seeds, jobs, dry_run,
+                  no_plots):
     """Does a deeper encoder remove the pseudocount's bias? MVAE at encoder depths 1-6 (both
     objectives, several pseudocounts and sparsity levels) against the non-amortised reference,
     clr + PCA, multiplicative replacement + PCA, the sample clr covariance, SparCC, robust
@@ -48,6 +53,10 @@ def encoder_depth(out_dir, smoke, seeds, jobs, dry_run, no_plots):
     config = smoke_config() if smoke else full_config()
     if seeds is not None:
         config = replace(config, seeds=int(seeds))
+    if pseudocount_seeds is not None:
+        config = replace(config, pseudocount_seeds=int(pseudocount_seeds))
+    if scale_seeds is not None:
+        config = replace(config, scale_seeds=int(scale_seeds))
     if dry_run:
         for task in build_tasks(config):
             click.echo(task.task_id)

@@ -11,12 +11,15 @@ Gaussian posterior over the per-feature logits,
     q(\\ell_i) = N(m_i, \\operatorname{diag} v_i), \\qquad m_i, \\log v_i \\in \\mathbb R^D
     \\text{ free parameters,}
 
-and the decoder is the MVAE's ``marginal`` prior :math:`\\ell \\sim N(\\tilde b, \\tilde W\\tilde W^\\top
-+ \\sigma^2 I_D)` (same parametrisation, same KL in O(D k²) by Woodbury, same multinomial
-likelihood). The ELBO per sample is the MVAE's,
+and the decoder is the MVAE's ``marginal`` prior
+:math:`\\ell \\sim N(\\tilde b, \\tilde W\\tilde W^\\top + \\sigma^2 I_D)` (same parametrisation, same
+KL in O(D k²) by Woodbury, same multinomial likelihood). The ELBO per sample is the MVAE's,
 
-.. math:: \\mathrm{ELBO}_i = E_{q(\\ell_i)}[\\log \\operatorname{Mult}(x_i \\mid \\operatorname{softmax}
-          \\ell_i)] - \\mathrm{KL}(q(\\ell_i) \\,\\|\\, N(\\tilde b, \\tilde W\\tilde W^\\top + \\sigma^2 I)),
+.. math::
+
+    \\mathrm{ELBO}_i = E_{q(\\ell_i)}[\\log \\operatorname{Mult}(x_i \\mid
+        \\operatorname{softmax} \\ell_i)]
+        - \\mathrm{KL}(q(\\ell_i) \\,\\|\\, N(\\tilde b, \\tilde W\\tilde W^\\top + \\sigma^2 I)),
 
 so the fit never sees log(x + c): the pseudocount enters only the starting point of m_i, which the
 optimiser forgets (for a fixed decoder the per-sample problem is concave in m_i). What is left of
