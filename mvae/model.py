@@ -666,6 +666,7 @@ class MultinomialVAE:
         import torch
         from safetensors.torch import save
 
+        from .outputs import json_default, package_versions
         self._check_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -689,7 +690,7 @@ class MultinomialVAE:
             "basis": self.basis_.to_config(),
             "history": self.history_.to_dict(orient="list"),
             "filtered": self.filtered_.to_dict(orient="list"),
-            "versions": _versions(),
+            "versions": package_versions(),
         }
         from .checkpoint import atomic_write_bytes
 
@@ -697,7 +698,7 @@ class MultinomialVAE:
         atomic_write_bytes(path / "model.safetensors",
                            save(tensors, metadata={"format": _FORMAT}))
         atomic_write_bytes(path / "config.json",
-                           json.dumps(config, indent=1, default=_json_default).encode())
+                           json.dumps(config, indent=1, default=json_default).encode())
 
     @classmethod
     def load(cls, path) -> "MultinomialVAE":
@@ -873,27 +874,3 @@ def _input_statistics(counts, pseudocount: float):
     var = float(np.mean(sq - row_mean**2) - np.mean(centre**2))
     scale = math.sqrt(var) if var > 1e-12 else 1.0
     return pooled, centre, scale
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("mvae", "torch", "numpy", "scipy", "anndata", "scikit-bio", "biom-format"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"cannot write {type(o).__name__} to JSON")

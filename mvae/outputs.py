@@ -320,12 +320,13 @@ def add_run_info(directory: str | os.PathLike, run: dict) -> None:
     config = json.loads(path.read_text(encoding="utf-8"))
     config["run"] = run
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config, indent=1, ensure_ascii=False, default=_json_default),
+    tmp.write_text(json.dumps(config, indent=1, ensure_ascii=False, default=json_default),
                    encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _json_default(o):
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars and arrays and paths."""
     import numpy as np
 
     if isinstance(o, np.integer):

@@ -260,6 +260,8 @@ class _ImageModel:
         """Write ``model.safetensors`` and ``config.json`` into directory ``path`` (no pickle)."""
         from safetensors.torch import save_file
 
+        from ..outputs import json_default, package_versions
+
         self._check_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -278,10 +280,10 @@ class _ImageModel:
             "n_train": self.n_train_,
             "best_epoch": self.best_epoch_,
             "history": self.history_.to_dict(orient="list"),
-            "versions": _versions(),
+            "versions": package_versions(),
         }
         save_file(tensors, str(path / "model.safetensors"), metadata={"format": config["format"]})
-        (path / "config.json").write_text(json.dumps(config, indent=1, default=_json_default),
+        (path / "config.json").write_text(json.dumps(config, indent=1, default=json_default),
                                           encoding="utf-8")
 
     @classmethod
@@ -602,27 +604,3 @@ def load_model(path):
         raise ModelFileError(f"{path}: the config and tensors do not describe a valid "
                              f"{cls.__name__} ({type(exc).__name__}: {exc})") from exc
     return model
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("mvae", "torch", "numpy", "Pillow", "safetensors"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"cannot write {type(o).__name__} to JSON")
