@@ -667,6 +667,7 @@ class MultinomialVAE:
         from safetensors.torch import save
 
         from .outputs import json_default, package_versions
+
         self._check_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,8 @@ from ..likelihoods import (
 )
 from .encoder import Encoder, log_ratio_input
 
-__all__ = ["MVAEConfig", "LossTerms", "Posterior", "MultinomialVAEModule", "OBJECTIVES"]
+__all__ = ["LowRankDecoder", "MVAEConfig", "LossTerms", "Posterior", "MultinomialVAEModule",
+           "OBJECTIVES"]
 
 OBJECTIVES = ("marginal", "sampled")
 POSTERIORS = ("lowrank", "full")
@@ -95,7 +96,39 @@ class Posterior:
     log_var: torch.Tensor
 
 
-class MultinomialVAEModule(nn.Module):
+class LowRankDecoder(nn.Module):
+    """The generative parameters shared by the count modules: W̃ (D, k), b̃ (D,) and σ.
+
+    Stored raw; columns of W̃ and b̃ are centred when used, so they always lie in the clr subspace.
+    """
+
+    def _init_decoder(self, n_features: int, n_latent: int) -> None:
+        D, k = n_features, n_latent
+        self.loadings_raw = nn.Parameter(torch.randn(D, k) * (0.5 / D**0.5))
+        self.bias_raw = nn.Parameter(torch.zeros(D))
+        self.log_sigma = nn.Parameter(torch.tensor(0.5).log())
+
+    @property
+    def loadings(self) -> torch.Tensor:
+        """W̃ = ΨW, shape (D, k), columns summing to zero."""
+        return self.loadings_raw - self.loadings_raw.mean(dim=0, keepdim=True)
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """b̃ = Ψb, shape (D,), summing to zero."""
+        return self.bias_raw - self.bias_raw.mean()
+
+    @property
+    def noise_variance(self) -> torch.Tensor:
+        """σ², a scalar tensor."""
+        return torch.exp(2.0 * self.log_sigma)
+
+    def prior(self) -> LowRankPrior:
+        """The marginal prior of the logits, N(b̃, W̃W̃ᵀ + σ²I), kept factored."""
+        return LowRankPrior(self.loadings, self.bias, self.noise_variance)
+
+
+class MultinomialVAEModule(LowRankDecoder):
     """The MVAE in clr coordinates (see the module docstring for the maths).
 
     Parameters
@@ -128,9 +161,7 @@ class MultinomialVAEModule(nn.Module):
             self.skip_mean = nn.Parameter(torch.full((D,), 0.5))
             self.skip_log_var = nn.Parameter(torch.full((D,), -0.5))
         # Decoder. Columns of loadings and the bias are centred when used (see `loadings`).
-        self.loadings_raw = nn.Parameter(torch.randn(D, k) * (0.5 / D**0.5))
-        self.bias_raw = nn.Parameter(torch.zeros(D))
-        self.log_sigma = nn.Parameter(torch.tensor(0.5).log())
+        self._init_decoder(D, k)
         with torch.no_grad():
             # Start the posterior near the prior mean with a moderate spread.
             self.mean_head.weight.mul_(0.1)
@@ -139,25 +170,6 @@ class MultinomialVAEModule(nn.Module):
             self.log_var_head.bias.fill_(-2.0)
 
     # ---- generative parameters -----------------------------------------------------------
-    @property
-    def loadings(self) -> torch.Tensor:
-        """W̃ = ΨW, shape (D, k), columns summing to zero."""
-        return self.loadings_raw - self.loadings_raw.mean(dim=0, keepdim=True)
-
-    @property
-    def bias(self) -> torch.Tensor:
-        """b̃ = Ψb, shape (D,), summing to zero."""
-        return self.bias_raw - self.bias_raw.mean()
-
-    @property
-    def noise_variance(self) -> torch.Tensor:
-        """σ², a scalar tensor."""
-        return torch.exp(2.0 * self.log_sigma)
-
-    def prior(self) -> LowRankPrior:
-        """The marginal prior of the logits, N(b̃, W̃W̃ᵀ + σ²I), kept factored."""
-        return LowRankPrior(self.loadings, self.bias, self.noise_variance)
-
     @torch.no_grad()
     def initialise_from_data(self, pooled_log: torch.Tensor, input_centre: torch.Tensor,
                              input_scale: float) -> None:

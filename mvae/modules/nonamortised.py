@@ -53,8 +53,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..likelihoods import LowRankPrior, kl_diag_to_lowrank, multinomial_log_prob
-from .mvae import LossTerms
+from ..likelihoods import kl_diag_to_lowrank, multinomial_log_prob
+from .mvae import LossTerms, LowRankDecoder
 
 __all__ = [
     "IndexedCounts",
@@ -150,7 +150,7 @@ class NonAmortisedConfig:
     local_step_scale: float = 10.0
 
 
-class NonAmortisedModule(nn.Module):
+class NonAmortisedModule(LowRankDecoder):
     """The MVAE decoder (``marginal`` form) with one free Gaussian posterior per sample.
 
     Parameters
@@ -171,33 +171,12 @@ class NonAmortisedModule(nn.Module):
             raise ValueError(f"local_step_scale={config.local_step_scale!r}; need a number > 0")
         self.config = config
         n, D, k = config.n_samples, config.n_features, config.n_latent
-        self.loadings_raw = nn.Parameter(torch.randn(D, k) * (0.5 / D**0.5))
-        self.bias_raw = nn.Parameter(torch.zeros(D))
-        self.log_sigma = nn.Parameter(torch.tensor(0.5).log())
+        self._init_decoder(D, k)
         s = config.local_step_scale
         self.local_mean_raw = nn.Parameter(torch.zeros(n, D))
         self.local_log_var_raw = nn.Parameter(torch.full((n, D), -2.0 / s))
 
     # ---- generative parameters (as in MultinomialVAEModule) ------------------------------------
-    @property
-    def loadings(self) -> torch.Tensor:
-        """W̃, shape (D, k), columns summing to zero."""
-        return self.loadings_raw - self.loadings_raw.mean(dim=0, keepdim=True)
-
-    @property
-    def bias(self) -> torch.Tensor:
-        """b̃, shape (D,), summing to zero."""
-        return self.bias_raw - self.bias_raw.mean()
-
-    @property
-    def noise_variance(self) -> torch.Tensor:
-        """σ², a scalar tensor."""
-        return torch.exp(2.0 * self.log_sigma)
-
-    def prior(self) -> LowRankPrior:
-        """N(b̃, W̃W̃ᵀ + σ²I), kept factored."""
-        return LowRankPrior(self.loadings, self.bias, self.noise_variance)
-
     @torch.no_grad()
     def copy_decoder(self, source: nn.Module) -> None:
         """Take W̃, b̃ and σ from a module with ``loadings``, ``bias`` and ``noise_variance``
