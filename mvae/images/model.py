@@ -258,8 +258,9 @@ class _ImageModel:
 
     def save(self, path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into directory ``path`` (no pickle)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
+        from ..checkpoint import atomic_write_bytes
         from ..outputs import json_default, package_versions
 
         self._check_fitted()
@@ -282,9 +283,11 @@ class _ImageModel:
             "history": self.history_.to_dict(orient="list"),
             "versions": package_versions(),
         }
-        save_file(tensors, str(path / "model.safetensors"), metadata={"format": config["format"]})
-        (path / "config.json").write_text(json.dumps(config, indent=1, default=json_default),
-                                          encoding="utf-8")
+        # atomic, as for MultinomialVAE: an interrupted save never leaves a half-written file
+        atomic_write_bytes(path / "model.safetensors",
+                           save(tensors, metadata={"format": config["format"]}))
+        atomic_write_bytes(path / "config.json",
+                           json.dumps(config, indent=1, default=json_default).encode("utf-8"))
 
     @classmethod
     def load(cls, path) -> "_ImageModel":
