@@ -53,11 +53,11 @@ def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--out-dir", default=str(DEFAULT_OUT), help="output directory")
     p.add_argument("--smoke", action="store_true", help="tiny design for CI (under a minute)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: 3; smoke 1)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: 5; smoke 1)")
     p.add_argument("--pseudocount-seeds", type=int, default=None,
                    help="seeds of the pseudocount sweep (default: --seeds)")
     p.add_argument("--scale-seeds", type=int, default=None,
-                   help="seeds of the other (D, n) cells (default: 2; smoke 0)")
+                   help="seeds of the other (D, n) cells (default: 5; smoke 0)")
     p.add_argument("--jobs", type=int, default=1, help="parallel processes, one thread each")
     p.add_argument("--dry-run", action="store_true", help="list the tasks and exit")
     p.add_argument("--no-plots", action="store_true")

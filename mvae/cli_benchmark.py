@@ -29,11 +29,11 @@ def benchmark():
               help="A tiny design (one small table, depths 1-2) that finishes in well under a "
                    "minute; for CI and for trying the command.")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
-              help="Seeds per cell [default: 3, smoke 1].")
+              help="Seeds per cell [default: 5, smoke 1].")
 @click.option("--pseudocount-seeds", type=click.IntRange(min=0), default=None,
               help="Seeds of the pseudocount sweep [default: --seeds].")
 @click.option("--scale-seeds", type=click.IntRange(min=0), default=None,
-              help="Seeds of the other (D, n) cells [default: 2, smoke 0].")
+              help="Seeds of the other (D, n) cells [default: 5, smoke 0].")
 @click.option("--jobs", type=click.IntRange(min=1), default=1,
               help="Parallel processes, one torch thread each.")
 @click.option("--dry-run", is_flag=True, help="List the tasks of the design and exit.")
