@@ -202,6 +202,21 @@ def _check_tree(tree: Path, adata) -> None:
         raise InputError(f"{tree}: {exc}") from exc
 
 
+def _check_streamable(table: Path, orientation) -> None:
+    """--stream reads HDF5 files only (.biom 2.x or .h5ad), whose layout fixes the orientation."""
+    from .errors import InputError
+
+    if orientation is not None:
+        raise InputError("--orientation applies to text tables; --stream reads HDF5 .biom and "
+                         ".h5ad files, whose layout already says which axis holds the samples.")
+    with open(table, "rb") as fh:
+        magic = fh.read(8)
+    if magic != b"\x89HDF\r\n\x1a\n":
+        raise InputError(f"{table}: --stream needs an HDF5 table (BIOM 2.x .biom or .h5ad); "
+                         "convert text or JSON tables first, e.g. `biom convert -i table.tsv -o "
+                         "table.biom --to-hdf5`, or drop --stream to load it into memory.")
+
+
 def _obs_column(adata, column: str, table: Path):
     """A sample annotation stored in the table itself (an .h5ad's obs) to colour by."""
     from .errors import InputError
@@ -284,12 +299,19 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
                    "changed); the result equals an uninterrupted run.")
 @click.option("--distributed", is_flag=True,
               help="Data-parallel training under torchrun (gloo on CPU, nccl on GPU); rank 0 "
-                   "writes the outputs.")
+                   "writes the outputs. With --stream each rank reads only its own block of "
+                   "samples.")
+@click.option("--stream", is_flag=True,
+              help="Read an HDF5 .biom or .h5ad table chunk by chunk instead of loading it: "
+                   "for tables larger than memory (peak memory follows --chunk-mb).")
+@click.option("--chunk-mb", default=256, type=click.IntRange(min=1),
+              help="With --stream: memory budget of one chunk of samples, in MiB.")
 @_verbosity
 @click.pass_context
 def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, objective, basis,
         tree, layer, orientation, epochs, batch_size, lr, seed, threads, device, metadata, color,
-        top, min_abs, force, checkpoint_every, resume, distributed, quiet, verbose):
+        top, min_abs, force, checkpoint_every, resume, distributed, stream, chunk_mb, quiet,
+        verbose):
     """Fit a multinomial VAE to TABLE and write its results into OUTDIR.
 
     OUTDIR receives model.safetensors + config.json (load with
@@ -319,13 +341,19 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
             progress=not quiet and _stderr_is_tty(),
         )
 
+    if stream:
+        _check_streamable(table, orientation)
+    max_bytes = chunk_mb * 2**20
     if distributed:
         from .distributed import init_from_env, is_writer
 
         init_from_env(device)
         if not is_writer():  # other ranks train their shard and write nothing
             quiet = True
-            make_model().fit(_read_table(table, layer, orientation))
+            if stream:
+                make_model().fit_stream(table, layer=layer, max_bytes=max_bytes)
+            else:
+                make_model().fit(_read_table(table, layer, orientation))
             return
 
     started = time.time()
@@ -333,24 +361,40 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
     with ResultsDirectory(outdir, force=force) as results:  # fails here if OUTDIR is unusable
         from .io import sha256_file
 
-        adata = _read_table(table, layer, orientation)
-        _say(quiet or not verbose, f"read {table}: {adata.n_obs} samples x {adata.n_vars} features")
+        if stream:
+            from .streaming import StreamingCounts
+
+            with StreamingCounts(table, layer=layer, max_bytes=max_bytes) as whole:
+                sample_names, n_obs, n_vars = whole.sample_ids, len(whole), whole.n_features
+            adata = None
+            _say(quiet or not verbose, f"streaming {table}: {n_obs} samples x {n_vars} "
+                                       f"features, chunks of at most {chunk_mb} MiB")
+        else:
+            adata = _read_table(table, layer, orientation)
+            sample_names, n_obs, n_vars = list(adata.obs_names), adata.n_obs, adata.n_vars
+            _say(quiet or not verbose, f"read {table}: {n_obs} samples x {n_vars} features")
         colour = colour_kind = None
         md_info = None
         if metadata is not None:
             from .metadata import align_metadata, metadata_column, read_metadata
 
-            md = align_metadata(read_metadata(metadata), list(adata.obs_names), table=str(table))
+            md = align_metadata(read_metadata(metadata), sample_names, table=str(table))
             md_info = {"path": str(metadata.absolute()), "sha256": sha256_file(metadata)}
             if color is not None:
                 colour = metadata_column(md, color)
                 colour_kind = colour.attrs["kind"]
                 md_info["color"] = color
         elif color is not None:
+            if stream:
+                from .errors import InputError
+
+                raise InputError(f"--color {color} with --stream needs --metadata FILE (the "
+                                 "sample annotations of a streamed table are not read).")
             colour, colour_kind = _obs_column(adata, color, table)
-        _check_table_usable(adata, table, latent_dim)
-        if tree is not None:
-            _check_tree(tree, adata)
+        if not stream:  # a streamed table is checked by its own pass in fit_stream
+            _check_table_usable(adata, table, latent_dim)
+            if tree is not None:
+                _check_tree(tree, adata)
         device = _check_device(device)
 
         model = make_model()
@@ -358,8 +402,16 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
         if resume and not checkpoint.is_file():
             _say(quiet, f"no checkpoint at {checkpoint}: starting from the beginning")
         t_fit = time.perf_counter()
-        model.fit(adata, layer=None, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                  resume=resume)
+        if stream:
+            model.fit_stream(table, layer=layer, max_bytes=max_bytes, checkpoint=checkpoint,
+                             checkpoint_every=checkpoint_every, resume=resume)
+            fitted = StreamingCounts(table, rows=model.stream_rows_,
+                                     features=model.kept_feature_index_, layer=layer,
+                                     max_bytes=max_bytes)
+        else:
+            model.fit(adata, layer=None, checkpoint=checkpoint,
+                      checkpoint_every=checkpoint_every, resume=resume)
+            fitted = adata
         fit_seconds = time.perf_counter() - t_fit
 
         from .outputs import package_versions, write_fit_results
@@ -369,8 +421,8 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
             "parameters": {k: (str(v) if isinstance(v, Path) else v)
                            for k, v in ctx.params.items()},
             "input": {"path": str(table.absolute()), "sha256": sha256_file(table),
-                      "bytes": table.stat().st_size, "n_samples": int(adata.n_obs),
-                      "n_features": int(adata.n_vars)},
+                      "bytes": table.stat().st_size, "n_samples": int(n_obs),
+                      "n_features": int(n_vars), "streamed": bool(stream)},
             "metadata": md_info,
             "tree": None if tree is None else {"path": str(tree.absolute()),
                                                "sha256": sha256_file(tree)},
@@ -382,14 +434,18 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
             "fit_seconds": round(fit_seconds, 3),
             "cpu_seconds": round(time.process_time() - cpu0, 3),
         }
-        files = _wrap_write_errors(outdir, write_fit_results, results.path, model, adata,
-                                   run=run, top=top, min_abs=min_abs, colour=colour,
-                                   colour_kind=colour_kind)
+        try:
+            files = _wrap_write_errors(outdir, write_fit_results, results.path, model, fitted,
+                                       run=run, top=top, min_abs=min_abs, colour=colour,
+                                       colour_kind=colour_kind)
+        finally:
+            if stream:
+                fitted.close()
 
     checkpoint.unlink(missing_ok=True)  # the results are complete: the checkpoint is spent
     hist = model.history_
     last = hist.iloc[-1]
-    _say(quiet, f"fitted {adata.n_obs - int((model.filtered_['axis'] == 'sample').sum())} samples "
+    _say(quiet, f"fitted {n_obs - int((model.filtered_['axis'] == 'sample').sum())} samples "
                 f"x {len(model.feature_ids_)} features in {len(hist)} epochs (best "
                 f"{model.best_epoch_}); train loss {last.train_loss:.4g} nats/sample; "
                 f"wrote {outdir}/")

@@ -52,12 +52,54 @@ class DistInfo:
 
     def average(self, values: np.ndarray) -> np.ndarray:
         """Mean over the ranks of a small float array (every rank gets the result)."""
+        return self.sum(values) / self.world
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """Elementwise sum over the ranks of a float array (float64; every rank gets it)."""
         import torch
         import torch.distributed as dist
 
-        t = torch.as_tensor(np.asarray(values, dtype=np.float64))
+        t = torch.as_tensor(np.array(values, dtype=np.float64))
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return (t / self.world).numpy()
+        return t.numpy()
+
+    def broadcast_module(self, module) -> None:
+        """Give every rank rank 0's parameters and buffers (as DDP does when it wraps a model)."""
+        import torch.distributed as dist
+
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+    def scan(self, stream):
+        """:meth:`StreamingCounts.scan` of the whole of ``stream``, each rank reading only its own
+        contiguous block of rows; the totals are added up over the ranks."""
+        from .streaming import TableScan
+
+        n = stream.n_samples
+        shard = stream.shard(self.rank, self.world, equal=False)
+        start = (n // self.world) * self.rank + min(self.rank, n % self.world)  # array_split's
+        part = shard.scan()
+        D = stream.n_features
+        flat = np.zeros(2 * D + 2 * n)
+        flat[:D], flat[D:2 * D] = part.feature_totals, part.feature_nnz
+        flat[2 * D + start:2 * D + start + shard.n_samples] = part.depths
+        flat[2 * D + n + start:2 * D + n + start + shard.n_samples] = part.sample_nnz
+        flat = self.sum(flat)
+        best = np.zeros((self.world, 3))
+        best[self.rank] = (part.max_count, start + part.max_at[0], part.max_at[1])
+        best = self.sum(best)
+        r = int(np.argmax(best[:, 0]))  # the first rank holding the largest count
+        return TableScan(flat[:D], flat[D:2 * D].astype(np.int64), flat[2 * D:2 * D + n],
+                         flat[2 * D + n:].astype(np.int64), float(best[r, 0]),
+                         (int(best[r, 1]), int(best[r, 2])))
+
+    def input_statistics(self, stream, pseudocount: float):
+        """:meth:`StreamingCounts.input_statistics` of ``stream``, each rank reading its block."""
+        from .streaming import finish_input_statistics
+
+        shard = stream.shard(self.rank, self.world, equal=False)
+        return finish_input_statistics(self.sum(shard.input_sums(pseudocount)), pseudocount,
+                                       stream.n_features)
 
 
 def current() -> DistInfo | None:

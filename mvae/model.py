@@ -327,8 +327,15 @@ class MultinomialVAE:
         features, the depths and the input statistics. Memory is bounded by the chunk size plus
         O(n + D) bookkeeping. Results are the same kind as :meth:`fit`'s but not bitwise equal to
         it (the shuffle differs).
+
+        Under ``torch.distributed`` (e.g. ``torchrun ... mvae fit --stream --distributed``) each
+        rank reads only its own contiguous block of rows, in the scan, the input statistics and
+        training (see ``sharded`` in :func:`mvae.train.train_module`); the sums are added up
+        over the ranks, so every rank starts from the same statistics and rank 0's initial
+        weights.
         """
         from .checkpoint import sha256_file
+        from .distributed import current
         from .streaming import StreamingCounts
         from .train import resolve_device, torch_threads
         from .validation import DroppedWarning
@@ -337,8 +344,9 @@ class MultinomialVAE:
             raise InputError("resume=True needs a fixed random_state (the checkpoint records "
                              "the seed it was started with)")
         device = resolve_device(self.device)
+        info = current()  # None unless distributed with more than one rank
         with StreamingCounts(path, layer=layer, max_bytes=max_bytes) as whole:
-            scan = whole.scan()
+            scan = info.scan(whole) if info is not None else whole.scan()
             all_samples, all_features = list(whole.sample_ids), list(whole.feature_ids)
         rows = np.flatnonzero(scan.sample_nnz > 0)
         feats = np.flatnonzero(scan.feature_nnz > 0)
@@ -373,15 +381,30 @@ class MultinomialVAE:
         perm = rng.permutation(n)
         valid_idx, train_idx = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
         train = data.subset(train_idx)
+        valid = data.subset(valid_idx) if n_valid else None
         fingerprint = self._fingerprint_parts(
             [sha256_file(path).encode(), json.dumps([sample_ids, feature_ids]).encode()])
+        c = float(self.pseudocount)
         with torch_threads(self.threads):
-            self._train(train, data.subset(valid_idx) if n_valid else None,
-                        stats=train.input_statistics(float(self.pseudocount)),
+            stats = (info.input_statistics(train, c) if info is not None
+                     else train.input_statistics(c))
+            local_train, local_valid = train, valid
+            if info is not None:  # this rank's own rows from here on
+                if len(train) < info.world:
+                    raise InputError(f"{path}: {len(train)} training samples cannot be shared "
+                                     f"among {info.world} processes")
+                local_train = train.shard(info.rank, info.world)
+                if valid is not None:
+                    local_valid = (valid.shard(info.rank, info.world, equal=False)
+                                   if len(valid) >= info.world
+                                   else (valid if info.rank == 0 else None))
+            self._train(local_train, local_valid, stats=stats,
                         pca_rows=lambda idx: train.subset(idx).to_csr(),
+                        n_pca_source=len(train), sharded=info is not None,
                         fingerprint=fingerprint, rng=rng, device=device,
                         train_depths=depths[train_idx], checkpoint=checkpoint,
                         checkpoint_every=checkpoint_every, resume=resume)
+        self.stream_rows_ = rows  # file rows of the samples fitted (for writing results)
         return self
 
     def _set_features(self, feature_ids, input_feature_ids, kept_feature_index, report) -> None:
@@ -394,10 +417,12 @@ class MultinomialVAE:
         self.n_features_in_ = len(self.input_feature_ids_)
 
     def _train(self, train_data, valid_data, *, stats, pca_rows, fingerprint, rng, device,
-               train_depths, checkpoint, checkpoint_every, resume) -> None:
+               train_depths, checkpoint, checkpoint_every, resume, n_pca_source=None,
+               sharded: bool = False) -> None:
         """Build the module, initialise it from the training data and run the training loop."""
         import torch
 
+        from .distributed import current
         from .modules import MultinomialVAEModule, MVAEConfig
         from .train import TrainConfig, train_module
 
@@ -413,10 +438,14 @@ class MultinomialVAE:
             pooled, centre, scale = stats
             module.initialise_from_data(torch.as_tensor(pooled, dtype=torch.float32),
                                         torch.as_tensor(centre, dtype=torch.float32), scale)
+            n_train = len(train_data) if n_pca_source is None else int(n_pca_source)
             if self.init == "pca":
-                _pca_initialise(module, len(train_data), pca_rows, rng)
+                _pca_initialise(module, n_train, pca_rows, rng)
             module.to(device)
-            max_epochs, patience = _epoch_budget(len(train_data), int(self.batch_size),
+            info = current()
+            if info is not None:  # every rank starts from rank 0's weights, as DDP does
+                info.broadcast_module(module)
+            max_epochs, patience = _epoch_budget(n_train, int(self.batch_size),
                                                  self.max_epochs, self.patience)
             tconf = TrainConfig(max_epochs=max_epochs, batch_size=int(self.batch_size),
                                 learning_rate=float(self.learning_rate),
@@ -425,7 +454,7 @@ class MultinomialVAE:
                                 progress=bool(self.progress), seed=self.seed_)
             history = train_module(module, train_data, valid_data, tconf,
                                    checkpoint_path=checkpoint, checkpoint_every=checkpoint_every,
-                                   fingerprint=fingerprint, resume=resume)
+                                   fingerprint=fingerprint, resume=resume, sharded=sharded)
         self.module_ = module.cpu().eval()
         self.history_ = history.to_frame()
         self.best_epoch_ = history.best_epoch
@@ -543,15 +572,18 @@ class MultinomialVAE:
         M, _ = self._aligned(X, layer)
         return self._transform_csr(M)
 
+    def _check_stream_features(self, data) -> None:
+        if list(data.feature_ids) != self.feature_ids_:
+            raise InputError("the streamed table's features differ from the model's; open it "
+                             "with StreamingCounts(path, features=model.kept_feature_index_)")
+
     def _transform_stream(self, data) -> np.ndarray:
         """Embeddings of a StreamingCounts table read chunk by chunk (features must match)."""
         import torch
 
         from .train import torch_threads
 
-        if list(data.feature_ids) != self.feature_ids_:
-            raise InputError("the streamed table's features differ from the model's; open it "
-                             "with StreamingCounts(path, features=model.kept_feature_index_)")
+        self._check_stream_features(data)
         rows = int(np.clip(INFERENCE_ENTRIES // (4 * data.n_features), 1, 1024))
         with torch_threads(self.threads), torch.no_grad():
             parts = [self.module_.latent_mean(b).double().numpy() for b in data.chunks(rows)]
@@ -565,17 +597,26 @@ class MultinomialVAE:
         """Per-sample negative ELBO in nats (higher = more anomalous), shape (n,).
 
         Monte Carlo estimate with ``n_samples`` draws and noise fixed by the model's seed, so repeated
-        calls agree. Divide by the sample's depth for a per-read score.
+        calls agree. Divide by the sample's depth for a per-read score. ``X`` may also be a
+        :class:`~mvae.streaming.StreamingCounts` with the model's features (read chunk by chunk).
         """
         import torch
 
         from .train import torch_threads
 
-        M, _ = self._aligned(X, layer)
+        from .streaming import StreamingCounts
+
+        if isinstance(X, StreamingCounts):
+            self._check_stream_features(X)
+            rows = int(np.clip(INFERENCE_ENTRIES // (4 * n_samples * X.n_features), 1, 1024))
+            batches = X.chunks(rows)
+        else:
+            M, _ = self._aligned(X, layer)
+            batches = self._batches(M, copies=4 * n_samples)
         gen = torch.Generator().manual_seed(self.seed_ + 3)
         with torch_threads(self.threads), torch.no_grad():
             parts = [self.module_.loss(b, generator=gen, n_samples=n_samples).negative_elbo()
-                     .double().numpy() for b in self._batches(M, copies=4 * n_samples)]
+                     .double().numpy() for b in batches]
         return np.concatenate(parts)
 
     def denoise(self, X, *, layer: str | None = None) -> np.ndarray:

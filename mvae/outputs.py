@@ -364,8 +364,11 @@ def write_fit_results(
         An existing, empty directory (normally ``ResultsDirectory.path``).
     model : MultinomialVAE
         Fitted on ``adata``.
-    adata : anndata.AnnData
-        The table the model was fitted on (its ``obsm["X_mvae"]`` holds the embeddings).
+    adata : anndata.AnnData or mvae.streaming.StreamingCounts
+        The table the model was fitted on (its ``obsm["X_mvae"]`` holds the embeddings), or, for
+        :meth:`~mvae.MultinomialVAE.fit_stream`, the fitted rows and features of the file
+        (``StreamingCounts(path, rows=model.stream_rows_, features=model.kept_feature_index_)``),
+        which is read chunk by chunk for the embeddings, scores and depths.
     run : dict
         Provenance added to ``config.json`` as ``"run"`` (the output list and the writing time
         are added here).
@@ -390,12 +393,24 @@ def write_fit_results(
     d = Path(directory)
     model.save(d)
 
-    dropped = set(model.filtered_.loc[model.filtered_["axis"] == "sample", "id"])
-    keep = np.array([s not in dropped for s in adata.obs_names])
-    sample_ids = pd.Index([str(s) for s in adata.obs_names[keep]], dtype=object, name="sample_id")
+    from mvae.streaming import StreamingCounts
+
+    if isinstance(adata, StreamingCounts):  # streamed: every row served was fitted
+        ids = adata.sample_ids
+        emb = model.transform(adata)
+        scores = np.asarray(model.score_samples(adata, n_samples=n_score_samples), dtype=float)
+        depth = _stream_depths(adata)
+    else:
+        dropped = set(model.filtered_.loc[model.filtered_["axis"] == "sample", "id"])
+        keep = np.array([s not in dropped for s in adata.obs_names])
+        ids = adata.obs_names[keep]
+        emb = np.asarray(adata.obsm["X_mvae"])[keep]
+        kept = adata[keep]
+        scores = np.asarray(model.score_samples(kept, n_samples=n_score_samples), dtype=float)
+        depth = np.asarray(kept.X.sum(axis=1)).ravel()
+    sample_ids = pd.Index([str(s) for s in ids], dtype=object, name="sample_id")
     k = model.components_.shape[1]
     axes = _axes(k)
-    emb = np.asarray(adata.obsm["X_mvae"])[keep]
     embeddings = pd.DataFrame(emb, index=sample_ids, columns=axes)
     write_tsv(embeddings, d / "embeddings.tsv")
 
@@ -411,9 +426,6 @@ def write_fit_results(
     edges = model.network(top=top, min_abs=min_abs)
     write_tsv(edges, d / "correlations.tsv", index=False)
 
-    kept = adata[keep]
-    scores = np.asarray(model.score_samples(kept, n_samples=n_score_samples), dtype=float)
-    depth = np.asarray(kept.X.sum(axis=1)).ravel()
     write_tsv(pd.DataFrame({"depth": depth.astype(np.int64), "negative_elbo": scores,
                             "negative_elbo_per_read": scores / depth}, index=sample_ids),
               d / "scores.tsv")
@@ -430,3 +442,17 @@ def write_fit_results(
     run["write_seconds"] = round(time.perf_counter() - t0, 3)
     add_run_info(d, run)
     return list(FIT_FILES)
+
+
+def _stream_depths(data) -> "np.ndarray":
+    """Reads per sample of a StreamingCounts table, one chunk at a time."""
+    import numpy as np
+    import torch
+
+    from mvae.likelihoods import count_depths
+
+    parts = []
+    with torch.no_grad():
+        for batch in data.chunks(max(1, data.chunk_rows)):
+            parts.append(count_depths(batch.counts.double()).numpy())  # float64 sum
+    return np.concatenate(parts) if parts else np.zeros(0)

@@ -61,7 +61,8 @@ import torch
 from .data import CountBatch, CountData
 from .errors import InputError
 
-__all__ = ["StreamingCounts", "TableScan", "DEFAULT_MAX_BYTES", "BYTES_PER_NNZ"]
+__all__ = ["StreamingCounts", "TableScan", "DEFAULT_MAX_BYTES", "BYTES_PER_NNZ",
+           "finish_input_statistics"]
 
 #: Default memory budget for one chunk.
 DEFAULT_MAX_BYTES = 256 * 2**20
@@ -497,23 +498,32 @@ class StreamingCounts:
         centre : numpy.ndarray, shape (n_features,)
         scale : float
         """
+        return finish_input_statistics(self.input_sums(pseudocount), pseudocount, self.n_features)
+
+    def input_sums(self, pseudocount: float) -> np.ndarray:
+        """The sums behind :meth:`input_statistics`, flat so that shards can add theirs.
+
+        Returns
+        -------
+        numpy.ndarray of float64, shape (2 * n_features + 3,)
+            :math:`[\\sum_i x_{i\\cdot},\\ \\sum_i y_{i\\cdot},\\ n,\\ \\sum_i \\bar y_i,\\
+            \\sum_i (\\tfrac1D\\sum_d y_{id}^2 - \\bar y_i^2)]`; pass the (summed) array to
+            :func:`finish_input_statistics`.
+        """
         c = float(pseudocount)
-        D, n = self.n_features, self.n_samples
+        D = self.n_features
         totals, y_cols = np.zeros(D), np.zeros(D)
-        row_mean = np.zeros(n)
-        sq = np.zeros(n)
-        for k, M in self._csr_chunks():
-            sl = slice(k * self.chunk_rows, k * self.chunk_rows + M.shape[0])
+        s_mean = s_spread = 0.0
+        for _, M in self._csr_chunks():
             totals += np.bincount(M.indices, weights=M.data, minlength=D)
             Y = M.copy()
             Y.data = np.log1p(Y.data / c)
             y_cols += np.bincount(Y.indices, weights=Y.data, minlength=D)
-            row_mean[sl] = np.asarray(Y.sum(axis=1)).ravel() / D
-            sq[sl] = np.asarray(Y.multiply(Y).sum(axis=1)).ravel() / D
-        pooled = np.log(totals + c)
-        centre = y_cols / n - row_mean.mean()
-        var = float(np.mean(sq - row_mean**2) - np.mean(centre**2))
-        return pooled, centre, (float(np.sqrt(var)) if var > 1e-12 else 1.0)
+            row_mean = np.asarray(Y.sum(axis=1)).ravel() / D
+            sq = np.asarray(Y.multiply(Y).sum(axis=1)).ravel() / D
+            s_mean += float(row_mean.sum())
+            s_spread += float((sq - row_mean**2).sum())
+        return np.concatenate([totals, y_cols, [float(self.n_samples), s_mean, s_spread]])
 
     def to_csr(self) -> sp.csr_matrix:
         """All rows served, in memory, as float64 CSR: for small subsets only (e.g. the rows a
@@ -624,3 +634,14 @@ def _index_array(values, n: int, name: str, what: str, shown: str) -> np.ndarray
         raise InputError(f"{shown}: {name} repeats positions; each of the {what} may be used "
                          "once.")
     return arr
+
+
+def finish_input_statistics(sums: np.ndarray, pseudocount: float, n_features: int):
+    """(pooled, centre, scale) from the sums of :meth:`StreamingCounts.input_sums`."""
+    D = int(n_features)
+    totals, y_cols = sums[:D], sums[D:2 * D]
+    n, s_mean, s_spread = (float(v) for v in sums[2 * D:])
+    pooled = np.log(totals + float(pseudocount))
+    centre = y_cols / n - s_mean / n
+    var = float(s_spread / n - np.mean(centre**2))
+    return pooled, centre, (float(np.sqrt(var)) if var > 1e-12 else 1.0)

@@ -172,7 +172,7 @@ _HISTORY_FIELDS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "k
 def train_module(module: torch.nn.Module, train_data, validation_data=None,
                  config: TrainConfig = TrainConfig(), *, checkpoint_path=None,
                  checkpoint_every: int = 0, fingerprint: str = "", resume: bool = False,
-                 handle_signals: bool = True, on_step=None) -> History:
+                 handle_signals: bool = True, on_step=None, sharded: bool = False) -> History:
     """Fit ``module`` by stochastic gradient descent on the negative ELBO.
 
     Parameters
@@ -197,6 +197,12 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
         :class:`~mvae.errors.TrainingInterrupted`.
     on_step : callable(epoch, step), optional
         Called after every optimiser step (epochs and steps counted from 1); for progress and tests.
+    sharded : bool
+        Under ``torch.distributed`` only: ``train_data`` and ``validation_data`` are this rank's
+        own shards (equal-sized training shards, e.g. :meth:`StreamingCounts.shard`). Each rank
+        shuffles its shard and takes ``batch_size // world`` rows per step, so a step still sees a
+        global batch of ``batch_size``; the validation loss is averaged over all shards. Without
+        it every rank holds the whole table and takes rows ``rank::world`` of a shared shuffle.
 
     Returns
     -------
@@ -218,19 +224,23 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
     dist = current()  # None unless torch.distributed is initialised with more than one rank
     if dist is not None and checkpoint_path is not None and dist.rank != 0:
         checkpoint_path = None  # rank 0 alone writes checkpoints
+    sharded = bool(sharded and dist is not None)
     device = train_data.device
-    # every rank draws the same shuffle; the Monte Carlo noise differs per rank
-    gen = torch.Generator(device=device).manual_seed(config.seed + (dist.rank if dist else 0))
-    shuffle = torch.Generator().manual_seed(config.seed + 1)
+    # the Monte Carlo noise differs per rank; the shuffle is shared unless each rank has a shard
+    rank = dist.rank if dist else 0
+    gen = torch.Generator(device=device).manual_seed(config.seed + rank)
+    shuffle = torch.Generator().manual_seed(config.seed + 1 + (7919 * rank if sharded else 0))
     optimiser = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
     history = History()
     best = math.inf
     best_state = None
     since_best = 0
     n = len(train_data)
-    bs = min(config.batch_size, n)
+    bs = min(config.batch_size, n * dist.world if sharded else n)
     if dist is not None and bs < dist.world:
         raise InputError(f"batch_size={bs} is smaller than the number of ranks ({dist.world})")
+    if sharded:
+        bs //= dist.world  # this rank's rows per step; the shards are equal, so are the steps
     n_steps = max(1, n // bs)  # drop the ragged last batch: equal-sized steps
     start_epoch, start_step = 0, 0
     order = None
@@ -301,7 +311,7 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
                 sums = np.zeros(3)
             for step in range(first, n_steps):
                 index = order[step * bs:(step + 1) * bs]
-                if dist is not None:  # this rank's share of the global batch
+                if dist is not None and not sharded:  # this rank's share of the global batch
                     index = index[dist.rank::dist.world]
                 batch = train_data.batch(index)
                 terms = module.loss(batch, generator=gen)
@@ -333,8 +343,17 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
                         f"{step + 1}; checkpoint written to {checkpoint_path}",
                         flag.received, checkpoint_path)
             mean = [float(v) for v in sums / n_steps]  # plain floats: checkpoints hold no numpy
-            valid = float(evaluate(module, validation_data, 1024, config.seed + 2)
-                          if validation_data is not None and len(validation_data) else math.nan)
+            if sharded:  # the mean over every rank's validation shard
+                total = (evaluate(module, validation_data, 1024, config.seed + 2 + rank)
+                         * len(validation_data) if validation_data is not None
+                         and len(validation_data) else 0.0)
+                count = len(validation_data) if validation_data is not None else 0
+                total, count = dist.sum([total, count])
+                valid = float(total / count) if count else math.nan
+            else:
+                valid = float(evaluate(module, validation_data, 1024, config.seed + 2)
+                              if validation_data is not None and len(validation_data)
+                              else math.nan)
             history.epoch.append(epoch + 1)
             history.train_loss.append(mean[0])
             history.train_reconstruction.append(mean[1])
