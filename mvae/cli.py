@@ -592,6 +592,8 @@ def network(model_dir, output, top, min_abs, threads, quiet, verbose):
     _check_verbosity(quiet, verbose)
     with atomic_path(output) as tmp:
         model = _load_model(model_dir)
+        if threads is not None:
+            model.threads = threads
         edges = model.network(top=top, min_abs=min_abs)
         write_tsv(edges, tmp, index=False)
     _say(quiet, f"wrote {len(edges)} edges to {output}")

@@ -698,8 +698,12 @@ class MultinomialVAE:
         return self.covariance(space).correlation_dense(max_bytes=max_bytes)
 
     def network(self, top: int = 1000, *, min_abs: float = 0.0):
-        """Strongest feature–feature clr correlations as an edge list (DataFrame), computed in chunks."""
-        return self.covariance("clr").top_correlations(top, min_abs=min_abs)
+        """Strongest feature–feature clr correlations as an edge list (DataFrame), computed in chunks
+        (numpy BLAS limited to ``threads``)."""
+        from .train import torch_threads
+
+        with torch_threads(self.threads):
+            return self.covariance("clr").top_correlations(top, min_abs=min_abs)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:

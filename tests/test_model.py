@@ -268,3 +268,24 @@ def test_collapsed_dimensions_are_reported():
     with pytest.warns(CollapsedDimensionsWarning, match="collapsed"):
         m = MultinomialVAE(n_latent=4, random_state=0, threads=1, max_epochs=150).fit(X)
     assert len(m.collapsed_dims_) >= 1
+
+
+def test_threads_limit_numpy_blas_too():
+    """torch_threads caps the BLAS under numpy/scipy as well as torch (read back by threadpoolctl,
+    an independent observer), and restores both afterwards."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from mvae.train import torch_threads
+
+    np.ones((4, 4)) @ np.ones((4, 4))  # make sure numpy's BLAS is loaded
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    if not blas:
+        pytest.skip("no BLAS library that threadpoolctl can see")
+    before = [i["num_threads"] for i in blas]
+    torch_before = torch.get_num_threads()
+    with torch_threads(1):
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+        assert torch.get_num_threads() == 1
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+    assert torch.get_num_threads() == torch_before
