@@ -147,6 +147,30 @@ def test_clr_linear_ignores_constant_shifts_and_sparse_equals_dense():
                                np.log(counts.numpy() + 2.0) - np.log(2.0), rtol=1e-12)
 
 
+def test_clr_linear_sparse_gradients_equal_dense():
+    """The sparse input path (a CSR product) gives the dense path's weight and bias gradients,
+    and both equal the gradient of the plain formula (W − row means)(y − m)/s written here."""
+    rng = np.random.default_rng(3)
+    layer = ClrLinear(40, 6).double()
+    with torch.no_grad():
+        layer.centre.copy_(torch.tensor(rng.normal(size=40)))
+        layer.scale.fill_(1.7)
+    counts = torch.tensor(rng.poisson(0.3, size=(9, 40)), dtype=torch.float64)  # ~74% zeros
+    g = torch.tensor(rng.normal(size=(9, 6)))
+    grads = []
+    for x in (counts, counts.to_sparse()):
+        layer.zero_grad()
+        (layer(log_ratio_input(x, 0.5)) * g).sum().backward()
+        grads.append((layer.weight.grad.clone(), layer.bias.grad.clone()))
+    W = layer.weight.detach().clone().requires_grad_(True)
+    y = torch.log1p(counts / 0.5)
+    ref = ((y - layer.centre) @ (W - W.mean(1, keepdim=True)).T / 1.7 * g).sum()
+    ref.backward()
+    for w_grad, b_grad in grads:
+        np.testing.assert_allclose(w_grad, W.grad, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(b_grad, g.sum(0), rtol=1e-12)
+
+
 @pytest.mark.parametrize("depth,n_linear", [(1, 0), (2, 0), (3, 1), (4, 2)])
 def test_encoder_depth_counts_linear_maps(depth, n_linear):
     m = _module(6, 2, "marginal", depth=depth)
