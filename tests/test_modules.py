@@ -50,7 +50,7 @@ def _reference_loss(m, counts, Psi, seed):
     layer = m.encoder.input_layer
     y = torch.log(counts + cfg.pseudocount)  # the encoder's input, before centring
     u = (y - layer.centre) @ Psi  # u = Ψᵀ(log(x + c) − m): (B, D) @ (D, D-1)
-    V = (layer.weight / layer.scale) @ Psi  # first layer in ILR coordinates: (H, D-1)
+    V = (layer.weight.detach() / layer.scale) @ Psi  # first layer in ILR coordinates: (H, D-1)
     h = m.encoder.body(u @ V.T + layer.bias)
     W = Psi.T @ m.loadings  # (D-1, k) loadings in ILR coordinates
     b = Psi.T @ m.bias  # (D-1,)
@@ -106,7 +106,7 @@ def test_clr_module_equals_dense_psi_reference(basis, objective, posterior, layo
 def test_module_loss_gradcheck(objective):
     m = _module(5, 2, objective, depth=2)
     counts = _counts(5, B=3)
-    names = ["loadings_raw", "bias_raw", "log_sigma", "encoder.input_layer.weight"]
+    names = ["loadings_raw", "bias_raw", "log_sigma", "encoder.input_layer.kernel"]
     params = dict(m.named_parameters())
 
     def loss(*values):  # the loss as a function of the chosen parameters, noise fixed
@@ -161,7 +161,7 @@ def test_clr_linear_sparse_gradients_equal_dense():
     for x in (counts, counts.to_sparse()):
         layer.zero_grad()
         (layer(log_ratio_input(x, 0.5)) * g).sum().backward()
-        grads.append((layer.weight.grad.clone(), layer.bias.grad.clone()))
+        grads.append((layer.kernel.grad.T.clone(), layer.bias.grad.clone()))
     W = layer.weight.detach().clone().requires_grad_(True)
     y = torch.log1p(counts / 0.5)
     ref = ((y - layer.centre) @ (W - W.mean(1, keepdim=True)).T / 1.7 * g).sum()
@@ -187,3 +187,15 @@ def test_linear_encoder_is_linear_in_the_log_ratio_input():
     lhs = f(0.3 * a + 0.7 * b)
     rhs = 0.3 * f(a) + 0.7 * f(b)
     np.testing.assert_allclose(lhs.detach(), rhs.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_clr_linear_loads_the_earlier_weight_layout():
+    """Model files from before the kernel (D, n_out) layout stored weight (n_out, D)."""
+    rng = np.random.default_rng(5)
+    old = ClrLinear(7, 3).double()
+    state = {k: v.clone() for k, v in old.state_dict().items()}
+    state["weight"] = state.pop("kernel").T.contiguous()  # the earlier layout
+    new = ClrLinear(7, 3).double()
+    new.load_state_dict(state)
+    y = torch.tensor(rng.poisson(2.0, size=(4, 7)), dtype=torch.float64)
+    np.testing.assert_array_equal(new(y).detach(), old(y).detach())
