@@ -350,10 +350,12 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
         init_from_env(device)
         if not is_writer():  # other ranks train their shard and write nothing
             quiet = True
+            shared = dict(checkpoint=outdir.parent / (outdir.name + ".checkpoint.pt"),
+                          checkpoint_every=checkpoint_every, resume=resume)
             if stream:
-                make_model().fit_stream(table, layer=layer, max_bytes=max_bytes)
+                make_model().fit_stream(table, layer=layer, max_bytes=max_bytes, **shared)
             else:
-                make_model().fit(_read_table(table, layer, orientation))
+                make_model().fit(_read_table(table, layer, orientation), **shared)
             return
 
     started = time.time()

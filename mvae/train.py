@@ -231,8 +231,8 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
     from .errors import InputError, TrainingInterrupted
 
     dist = current()  # None unless torch.distributed is initialised with more than one rank
-    if dist is not None and checkpoint_path is not None and dist.rank != 0:
-        checkpoint_path = None  # rank 0 alone writes checkpoints
+    # rank 0 alone writes checkpoints; every rank reads one to resume (a shared filesystem)
+    writes_checkpoints = dist is None or dist.rank == 0
     sharded = bool(sharded and dist is not None)
     device = train_data.device
     # the Monte Carlo noise differs per rank; the shuffle is shared unless each rank has a shard
@@ -255,8 +255,9 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
     order = None
     sums = np.zeros(3)
 
-    if checkpoint_path is not None:
+    if checkpoint_path is not None and writes_checkpoints:
         sweep_temporary(Path(checkpoint_path).parent)
+    ck = None
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         ck = load_checkpoint(checkpoint_path)
         if ck.get("format") != CHECKPOINT_FORMAT or ck.get("version") != CHECKPOINT_VERSION:
@@ -278,14 +279,24 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
         start_epoch, start_step = int(ck["epoch"]), int(ck["step"])
         order = ck["order"] if start_step > 0 else None
         sums = ck["sums"].numpy().copy()
-        if ck.get("finished"):
-            module.load_state_dict(ck["final_module"])
-            module.eval()
-            history.stopped_early = bool(ck.get("stopped_early"))
-            return history
+        if rank != 0:  # the checkpoint holds rank 0's generators: give this rank its own
+            offset = 7919 * (start_epoch * n_steps + start_step + 1)
+            gen.manual_seed(config.seed + rank + offset)
+            if sharded:
+                shuffle.manual_seed(config.seed + 1 + 7919 * rank + offset)
+    if dist is not None:  # every rank must continue from the same point, or none may
+        here = np.array([start_epoch, start_step], dtype=np.float64)
+        if not np.array_equal(dist.sum(here), here * dist.world):
+            raise InputError(f"{checkpoint_path}: not every rank could read the checkpoint to "
+                             "resume (it must be on a filesystem all ranks share)")
+    if ck is not None and ck.get("finished"):
+        module.load_state_dict(ck["final_module"])
+        module.eval()
+        history.stopped_early = bool(ck.get("stopped_early"))
+        return history
 
     def checkpoint(epoch: int, step: int, finished: bool = False, stopped: bool = False):
-        if checkpoint_path is None:
+        if checkpoint_path is None or not writes_checkpoints:
             return
         save_checkpoint(checkpoint_path, {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
