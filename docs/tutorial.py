@@ -378,15 +378,11 @@ def _run(config: Config) -> dict:
     if not np.allclose(scores["negative_elbo"].to_numpy(), model.score_samples(adata)):
         raise AssertionError("scores.tsv and model.score_samples disagree")
     scores = scores.join(md[list(config.labels)])
-    # Which samples fit() held out for early stopping: recomputed from the seed exactly as
-    # MultinomialVAE.fit draws them (no sample was dropped here), and checked against the
-    # training depths the model stores.
-    n = adata.n_obs
-    n_valid = int(round(0.1 * n)) if n >= 10 else 0
-    held = np.zeros(n, dtype=bool)
-    held[np.random.default_rng(model.seed_).permutation(n)[:n_valid]] = True
+    # Which samples fit() held out for early stopping: scores.tsv's split column, checked
+    # against the training depths the model stores.
+    held = (scores["split"] == "validation").to_numpy()
     if not np.array_equal(np.sort(depth[~held]), np.sort(model.train_depths_)):
-        raise AssertionError("could not recompute the fit's held-out samples")
+        raise AssertionError("scores.tsv's split does not match the fit's training samples")
     scores["held_out"] = held
     top = scores.sort_values("negative_elbo_per_read", ascending=False).head(config.top_scores)
     numbers["top_scores"] = top.reset_index().to_dict(orient="list")

@@ -303,6 +303,7 @@ class MultinomialVAE:
         n_valid = int(round(self.validation_fraction * n)) if n >= 10 else 0
         perm = rng.permutation(n)
         valid_idx, train_idx = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
+        self.validation_samples_ = [filtered.sample_ids[i] for i in valid_idx]
         train_counts = counts[train_idx]
         with torch_threads(self.threads):
             self._train(
@@ -380,6 +381,7 @@ class MultinomialVAE:
         n_valid = int(round(self.validation_fraction * n)) if n >= 10 else 0
         perm = rng.permutation(n)
         valid_idx, train_idx = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
+        self.validation_samples_ = [sample_ids[i] for i in valid_idx]
         train = data.subset(train_idx)
         valid = data.subset(valid_idx) if n_valid else None
         fingerprint = self._fingerprint_parts(

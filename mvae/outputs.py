@@ -22,7 +22,10 @@ The files of a fit (:func:`write_fit_results`):
 ``loadings_ilr.tsv``   ``balance`` then ``axis1..axisk`` (D - 1 rows; tree node names for a tree)
 ``correlations.tsv``   ``feature_a, feature_b, correlation, covariance``: strongest clr
                        correlations, sorted by ``|correlation|`` (never D x D in memory)
-``scores.tsv``         ``sample_id, depth, negative_elbo, negative_elbo_per_read``
+``scores.tsv``         ``sample_id, depth, negative_elbo, negative_elbo_per_read, split``;
+                       split is ``train`` or ``validation`` (the samples held out for early
+                       stopping): the model has seen only the first kind, so compare anomaly
+                       scores within a split (training samples score lower when it overfits)
 ``history.tsv``        one row per epoch (``MultinomialVAE.history_``)
 ``filtered.tsv``       ``axis, id, reason``: samples/features dropped before fitting
 ``loss.png``           train / validation loss per epoch
@@ -426,8 +429,11 @@ def write_fit_results(
     edges = model.network(top=top, min_abs=min_abs)
     write_tsv(edges, d / "correlations.tsv", index=False)
 
+    held_out = {str(s) for s in getattr(model, "validation_samples_", ())}
     write_tsv(pd.DataFrame({"depth": depth.astype(np.int64), "negative_elbo": scores,
-                            "negative_elbo_per_read": scores / depth}, index=sample_ids),
+                            "negative_elbo_per_read": scores / depth,
+                            "split": ["validation" if s in held_out else "train"
+                                      for s in sample_ids]}, index=sample_ids),
               d / "scores.tsv")
 
     write_tsv(model.history_, d / "history.tsv", index=False)

@@ -244,12 +244,16 @@ def test_write_fit_results(tmp_path, fitted):
 
     scores = pd.read_csv(tmp_path / "scores.tsv", sep="\t", index_col=0)
     assert list(scores.index) == kept
-    assert list(scores.columns) == ["depth", "negative_elbo", "negative_elbo_per_read"]
+    assert list(scores.columns) == ["depth", "negative_elbo", "negative_elbo_per_read", "split"]
     depth = np.asarray(adata[kept].X.sum(axis=1)).ravel()
     np.testing.assert_array_equal(scores["depth"], depth)
     np.testing.assert_allclose(scores["negative_elbo_per_read"],
                                scores["negative_elbo"] / depth)
-    assert np.isfinite(scores.to_numpy()).all()
+    assert np.isfinite(scores.drop(columns="split").to_numpy()).all()
+    held_out = scores.index[scores["split"] == "validation"]
+    assert set(scores["split"]) == {"train", "validation"}
+    assert sorted(held_out) == sorted(model.validation_samples_)
+    assert len(held_out) == round(model.validation_fraction * len(kept))
 
     hist = pd.read_csv(tmp_path / "history.tsv", sep="\t")
     assert list(hist["epoch"]) == [1, 2, 3, 4]
