@@ -34,7 +34,8 @@ CASES = [  # (D, density, n_samples, epochs)
     (100_000, 0.01, 1024, 1),
 ]
 SMOKE = [(200, None, 512, 1), (2_000, 0.02, 512, 1)]
-METHODS = ["reference", "mvae-marginal-full", "mvae-marginal-lowrank", "mvae-sampled"]
+METHODS = ["reference", "mvae-marginal-full", "mvae-marginal-hybrid", "mvae-marginal-lowrank",
+           "mvae-sampled"]
 K, HIDDEN, BATCH = 10, 128, 128
 
 

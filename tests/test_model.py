@@ -289,3 +289,16 @@ def test_threads_limit_numpy_blas_too():
         assert torch.get_num_threads() == 1
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
     assert torch.get_num_threads() == torch_before
+
+
+@pytest.mark.parametrize("posterior", ["hybrid", "lowrank"])
+def test_other_posteriors_fit_save_and_load(posterior, tmp_path):
+    X = _table()
+    m = MultinomialVAE(n_latent=3, random_state=0, posterior=posterior, **FAST).fit(X)
+    head = m.module_.log_var_head
+    assert head.out_features == 1  # one variance scalar per sample beside the per-feature terms
+    assert m.module_.mean_head.out_features == (X.shape[1] if posterior == "hybrid" else 3)
+    m.save(tmp_path / "m")
+    m2 = MultinomialVAE.load(tmp_path / "m")
+    assert m2.posterior == posterior
+    np.testing.assert_array_equal(m2.transform(X), m.transform(X))

@@ -89,7 +89,7 @@ def _reference_loss(m, counts, Psi, seed):
 
 @pytest.mark.parametrize("basis", sorted(BASES))
 @pytest.mark.parametrize("objective,posterior", [("marginal", "lowrank"), ("marginal", "full"),
-                                                 ("sampled", "lowrank")])
+                                                 ("marginal", "hybrid"), ("sampled", "lowrank")])
 @pytest.mark.parametrize("layout", ["dense", "sparse"])
 def test_clr_module_equals_dense_psi_reference(basis, objective, posterior, layout):
     D, k = 9, 3

@@ -49,7 +49,7 @@ __all__ = ["LowRankDecoder", "MVAEConfig", "LossTerms", "Posterior", "Multinomia
            "OBJECTIVES"]
 
 OBJECTIVES = ("marginal", "sampled")
-POSTERIORS = ("lowrank", "full")
+POSTERIORS = ("lowrank", "full", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -146,11 +146,13 @@ class MultinomialVAEModule(LowRankDecoder):
         if config.posterior not in POSTERIORS:
             raise ValueError(f"posterior={config.posterior!r}; choose one of {POSTERIORS}")
         lowrank = config.objective == "marginal" and config.posterior == "lowrank"
-        # marginal + "full": H -> D heads; marginal + "lowrank": the mean head gives k coordinates
-        # mapped through W̃ and the variance head one scalar per sample (a depth-like term), so
+        # marginal + "full": H -> D heads for the mean and the variance; "hybrid": the H -> D
+        # mean head and, for the variance, one scalar per sample (a depth-like term) beside the
+        # per-feature terms below, which saves a third of the D-wide matrix work; "lowrank": the
+        # mean head gives k coordinates mapped through W̃ and the variance is as in "hybrid", so
         # the encoder costs O(B D (H + k)) like a plain VAE; "sampled": heads over z.
         out_mean = k if lowrank or config.objective == "sampled" else D
-        out_var = 1 if lowrank else out_mean
+        out_var = 1 if config.objective == "marginal" and config.posterior != "full" else out_mean
         self.mean_head = nn.Linear(H, out_mean)
         self.log_var_head = nn.Linear(H, out_var)
         if config.objective == "marginal":
