@@ -950,7 +950,70 @@ def write_plots(df, out_dir) -> list[Path]:
     path = Path(out_dir) / "encoder_depth.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return [path] + _plot_methods(df, out_dir)
+    return [path] + _plot_methods(df, out_dir) + _plot_sizes(df, out_dir)
+
+
+def _plot_sizes(df, out_dir) -> list[Path]:
+    """``sizes.png``: for every (D, n, regime) table outside the core grid and the core grid's
+    own sparse tables, the marginal MVAE at the shallowest and deepest depth fitted there
+    (joined), the non-amortised reference, clr(x+1)+PCA and PLN-PCA; mean ± sd over seeds."""
+    import matplotlib.pyplot as plt
+
+    ok = df[(df.error == "")]
+    mv = ok[(ok.method == "mvae") & (ok.objective == "marginal")]
+    c_default = mv.pseudocount.mode().iloc[0] if len(mv) else 1.0
+    scale = ok[ok.block == "scale"]
+    if not len(scale):
+        return []
+    cells = list(dict.fromkeys(zip(scale.n_features, scale.n_samples, scale.regime)))
+    depths = sorted(mv[mv.block == "scale"].encoder_depth.dropna().unique())
+    core = ok[ok.block == "core"]
+    core_cells = [(D, n, r) for D, n, r in dict.fromkeys(
+        zip(core.n_features, core.n_samples, core.regime)) if r in set(scale.regime)]
+    cells = core_cells + cells
+    metrics = [(m, t) for m, t in PLOT_METRICS[:4]]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.2), squeeze=False)
+    x = np.arange(len(cells))
+
+    def stat(sel, metric):
+        means, sds = [], []
+        for D, n, r in cells:
+            g = sel[(sel.n_features == D) & (sel.n_samples == n) & (sel.regime == r)][metric]
+            means.append(g.mean() if g.notna().any() else np.nan)
+            sds.append(g.std(ddof=1) if g.notna().sum() > 1 else 0.0)
+        return np.array(means), np.array(sds)
+
+    for ax, (metric, title) in zip(axes[0], metrics):
+        lo = stat(mv[(mv.encoder_depth == depths[0]) & (mv.pseudocount == c_default)], metric)
+        hi = stat(mv[(mv.encoder_depth == depths[-1]) & (mv.pseudocount == c_default)], metric)
+        for i in x:
+            ax.plot([i - 0.15, i + 0.15], [lo[0][i], hi[0][i]], color="0.6", lw=1)
+        ax.errorbar(x - 0.15, lo[0], yerr=lo[1], fmt="o", color="C0", capsize=3,
+                    label=f"MVAE marginal L={int(depths[0])}")
+        ax.errorbar(x + 0.15, hi[0], yerr=hi[1], fmt="o", color="C3", capsize=3,
+                    label=f"MVAE marginal L={int(depths[-1])}")
+        for method, style, label in (("nonamortised", dict(marker="_", ms=18, color="k"),
+                                      "non-amortised"),
+                                     ("pln_pca", dict(marker="s", ms=5, color="C2", ls=""),
+                                      "PLN-PCA"),
+                                     ("clr_pca", dict(marker="x", ms=6, color="C7", ls=""),
+                                      f"clr(x+{c_default:g})+PCA")):
+            sel = ok[ok.method == method]
+            if method == "clr_pca":
+                sel = sel[sel.pseudocount == c_default]
+            m, _ = stat(sel, metric)
+            if np.isfinite(m).any():
+                ax.plot(x, m, ls="", label=label, **{k: v for k, v in style.items() if k != "ls"})
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"D={D}\nn={n}\n{r}" for D, n, r in cells], fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(out_dir) / "sizes.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
 
 
 def _plot_methods(df, out_dir) -> list[Path]:
