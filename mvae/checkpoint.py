@@ -23,7 +23,7 @@ from pathlib import Path
 from .errors import ModelFileError
 
 __all__ = ["atomic_write_bytes", "save_checkpoint", "load_checkpoint", "sweep_temporary",
-           "sha256_file", "TMP_PREFIX"]
+           "sha256_file", "write_model_files", "read_model_files", "TMP_PREFIX"]
 
 TMP_PREFIX = ".mvae-tmp-"
 
@@ -63,6 +63,65 @@ def atomic_write_bytes(path, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def write_model_files(path, tensors: dict, config: dict) -> None:
+    """A saved model: ``model.safetensors`` (tensors, tagged with ``config["format"]``) and
+    ``config.json`` in directory ``path``, each written atomically. No pickle."""
+    import json
+
+    from safetensors.torch import save
+
+    from .outputs import json_default
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path / "model.safetensors",
+                       save(tensors, metadata={"format": config["format"]}))
+    atomic_write_bytes(path / "config.json",
+                       json.dumps(config, indent=1, default=json_default).encode("utf-8"))
+
+
+def read_model_files(path, *, formats, schema_version: int, what: str = "model",
+                     wrong_format=None) -> tuple[dict, dict]:
+    """``(config, tensors)`` of a model written by :func:`write_model_files`, checked up to the
+    point where the caller rebuilds the model.
+
+    Every failure is a one-line :class:`~mvae.errors.ModelFileError` naming the file: a missing
+    file, invalid JSON, a ``format`` not in ``formats``, a ``schema_version`` newer than
+    ``schema_version``, or an unreadable safetensors file. ``wrong_format(fmt)`` gives the message
+    for a foreign format (after ``"<config.json path>: "``); ``what`` names the model in the
+    not-found message.
+    """
+    import json
+
+    import torch  # noqa: F401 - safetensors.torch needs it
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_path, st_path = path / "config.json", path / "model.safetensors"
+    for p in (cfg_path, st_path):
+        if not p.is_file():
+            raise ModelFileError(f"{p}: not found; a saved {what} directory holds config.json "
+                                 "and model.safetensors")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if fmt not in formats:
+        detail = wrong_format(fmt) if wrong_format else f"format {fmt!r} is not an mvae {what}"
+        raise ModelFileError(f"{cfg_path}: {detail}")
+    version = config.get("schema_version")
+    if not isinstance(version, int) or version > schema_version:
+        raise ModelFileError(f"{cfg_path}: schema_version {version!r} is newer than this mvae "
+                             f"understands ({schema_version}); upgrade mvae")
+    try:
+        tensors = load_file(str(st_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{st_path}: not a readable safetensors file ({exc})") from exc
+    return config, tensors
 
 
 def _umask() -> int:

@@ -714,13 +714,11 @@ class MultinomialVAE:
     def save(self, path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into directory ``path`` (no pickle)."""
         import torch
-        from safetensors.torch import save
 
-        from .outputs import json_default, package_versions
+        from .checkpoint import write_model_files
+        from .outputs import package_versions
 
         self._check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         tensors = {f"module.{k}": v.detach().cpu().contiguous()
                    for k, v in self.module_.state_dict().items()}
         tensors["train_depths"] = torch.as_tensor(self.train_depths_, dtype=torch.float64)
@@ -743,45 +741,23 @@ class MultinomialVAE:
             "filtered": self.filtered_.to_dict(orient="list"),
             "versions": package_versions(),
         }
-        from .checkpoint import atomic_write_bytes
-
         # written atomically: an interrupted save never leaves a half-written model file
-        atomic_write_bytes(path / "model.safetensors",
-                           save(tensors, metadata={"format": _FORMAT}))
-        atomic_write_bytes(path / "config.json",
-                           json.dumps(config, indent=1, default=json_default).encode())
+        write_model_files(path, tensors, config)
 
     @classmethod
     def load(cls, path) -> "MultinomialVAE":
         """Load a model written by :meth:`save` (safetensors + JSON; never unpickles)."""
         import pandas as pd
-        import torch
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
+        from .checkpoint import read_model_files
         from .compositions import basis_from_config
         from .modules import MultinomialVAEModule, MVAEConfig
 
         path = Path(path)
-        cfg_path, st_path = path / "config.json", path / "model.safetensors"
-        for p in (cfg_path, st_path):
-            if not p.is_file():
-                raise ModelFileError(f"{p}: not found; a saved model directory holds config.json "
-                                     "and model.safetensors")
-        try:
-            config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelFileError(f"{cfg_path}: not valid JSON ({exc})") from exc
-        if not isinstance(config, dict) or config.get("format") != _FORMAT:
-            raise ModelFileError(f"{cfg_path}: not an mvae MultinomialVAE config")
-        version = config.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise ModelFileError(f"{cfg_path}: schema_version {version!r} is newer than this mvae "
-                                 f"understands ({SCHEMA_VERSION}); upgrade mvae")
-        try:
-            tensors = load_file(str(st_path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelFileError(f"{st_path}: not a readable safetensors file ({exc})") from exc
+        cfg_path = path / "config.json"
+        config, tensors = read_model_files(
+            path, formats=(_FORMAT,), schema_version=SCHEMA_VERSION,
+            wrong_format=lambda fmt: "not an mvae MultinomialVAE config")
         try:
             model = cls(**config["params"])
             mconf = MVAEConfig(**config["module_config"])

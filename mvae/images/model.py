@@ -17,7 +17,6 @@ reconstruction for the autoencoders.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -258,14 +257,10 @@ class _ImageModel:
 
     def save(self, path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into directory ``path`` (no pickle)."""
-        from safetensors.torch import save
-
-        from ..checkpoint import atomic_write_bytes
-        from ..outputs import json_default, package_versions
+        from ..checkpoint import write_model_files
+        from ..outputs import package_versions
 
         self._check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         tensors = {f"module.{k}": v.detach().cpu().contiguous()
                    for k, v in self.module_.state_dict().items()}
         tensors.update(self._extra_tensors())
@@ -284,10 +279,7 @@ class _ImageModel:
             "versions": package_versions(),
         }
         # atomic, as for MultinomialVAE: an interrupted save never leaves a half-written file
-        atomic_write_bytes(path / "model.safetensors",
-                           save(tensors, metadata={"format": config["format"]}))
-        atomic_write_bytes(path / "config.json",
-                           json.dumps(config, indent=1, default=json_default).encode("utf-8"))
+        write_model_files(path, tensors, config)
 
     @classmethod
     def load(cls, path) -> "_ImageModel":
@@ -555,38 +547,19 @@ def load_model(path):
     ``path`` is the model directory or a file inside it. Reads JSON and safetensors only.
     """
     import pandas as pd
-    import torch  # noqa: F401 - safetensors.torch needs it
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
+    from ..checkpoint import read_model_files
     from ..modules.conv import ConvConfig
 
     path = Path(path)
     if path.is_file() and path.name in ("config.json", "model.safetensors"):
         path = path.parent
-    cfg_path, st_path = path / "config.json", path / "model.safetensors"
-    for p in (cfg_path, st_path):
-        if not p.is_file():
-            raise ModelFileError(f"{p}: not found; a saved image model directory holds "
-                                 "config.json and model.safetensors")
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    fmt = config.get("format") if isinstance(config, dict) else None
-    if fmt not in _BY_FORMAT:
-        raise ModelFileError(f"{cfg_path}: format {fmt!r} is not an mvae image model (one of "
-                             f"{sorted(_BY_FORMAT)}); a count model loads with "
-                             "mvae.MultinomialVAE.load")
-    version = config.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise ModelFileError(f"{cfg_path}: schema_version {version!r} is newer than this mvae "
-                             f"understands ({SCHEMA_VERSION}); upgrade mvae")
-    try:
-        tensors = load_file(str(st_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFileError(f"{st_path}: not a readable safetensors file ({exc})") from exc
-    cls = _BY_FORMAT[fmt]
+    config, tensors = read_model_files(
+        path, formats=_BY_FORMAT, schema_version=SCHEMA_VERSION, what="image model",
+        wrong_format=lambda fmt: (f"format {fmt!r} is not an mvae image model (one of "
+                                  f"{sorted(_BY_FORMAT)}); a count model loads with "
+                                  "mvae.MultinomialVAE.load"))
+    cls = _BY_FORMAT[config["format"]]
     try:
         params = dict(config["params"])
         if isinstance(params.get("image_size"), list):
