@@ -26,7 +26,6 @@ Entry points: :func:`run_encoder_depth` (Python), ``mvae benchmark encoder-depth
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -37,6 +36,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from .outputs import json_default
 
 __all__ = [
     "Regime",
@@ -527,15 +528,13 @@ def _run_baselines(task: Task, table: _Table, config: EncoderDepthConfig) -> lis
 def run_task(task: Task, config: EncoderDepthConfig, out_dir) -> list[dict]:
     """Run one task (unless its JSON exists) and write ``out_dir/runs/<task_id>.json``
     atomically. Returns its rows."""
-    import torch
-
     from .errors import TrainingInterrupted
+    from .train import torch_threads
 
     path = Path(out_dir) / "runs" / f"{task.task_id}.json"
     if path.is_file():
         return json.loads(path.read_text())["rows"]
-    torch.set_num_threads(1)
-    with _blas_threads(1), warnings.catch_warnings():
+    with torch_threads(1), warnings.catch_warnings():  # one thread for torch and numpy's BLAS
         warnings.simplefilter("ignore")  # e.g. "samples with fewer than 50 reads": by design here
         table = make_table(task, config)
         runner = {"mvae": _run_mvae, "reference": _run_reference,
@@ -559,31 +558,9 @@ def run_task(task: Task, config: EncoderDepthConfig, out_dir) -> list[dict]:
     record = {"task": asdict(task), "rows": rows}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, default=_json_default, indent=1))
+    tmp.write_text(json.dumps(record, default=json_default, indent=1))
     os.replace(tmp, path)
     return rows
-
-
-@contextlib.contextmanager
-def _blas_threads(n: int):
-    """Limit numpy's BLAS threads to ``n`` (with threadpoolctl when installed)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=n):
-        yield
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"cannot write {type(o).__name__} to JSON")
 
 
 def _worker_init():
@@ -621,7 +598,7 @@ def run_encoder_depth(config: EncoderDepthConfig, out_dir, *, jobs: int = 1, log
     """
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1, default=_json_default))
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1, default=json_default))
     tasks = build_tasks(config)
     todo = [t for t in tasks if not (out / "runs" / f"{t.task_id}.json").is_file()]
     for stale in (out / "runs").glob("*.tmp*"):
