@@ -402,7 +402,7 @@ def write_fit_results(
         ids = adata.sample_ids
         emb = model.transform(adata)
         scores = np.asarray(model.score_samples(adata, n_samples=n_score_samples), dtype=float)
-        depth = _stream_depths(adata)
+        depth = adata.scan().depths  # one pass over the file, float64 sums
     else:
         dropped = set(model.filtered_.loc[model.filtered_["axis"] == "sample", "id"])
         keep = np.array([s not in dropped for s in adata.obs_names])
@@ -448,17 +448,3 @@ def write_fit_results(
     run["write_seconds"] = round(time.perf_counter() - t0, 3)
     add_run_info(d, run)
     return list(FIT_FILES)
-
-
-def _stream_depths(data) -> "np.ndarray":
-    """Reads per sample of a StreamingCounts table, one chunk at a time."""
-    import numpy as np
-    import torch
-
-    from mvae.likelihoods import count_depths
-
-    parts = []
-    with torch.no_grad():
-        for batch in data.chunks(max(1, data.chunk_rows)):
-            parts.append(count_depths(batch.counts.double()).numpy())  # float64 sum
-    return np.concatenate(parts) if parts else np.zeros(0)
