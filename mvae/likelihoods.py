@@ -6,6 +6,8 @@ the per-sample negative ELBO as an anomaly score.
 
 - :func:`multinomial_log_prob` -- :math:`\\log \\operatorname{Mult}(x \\mid \\operatorname{softmax}\\ell)`,
   with :func:`multinomial_log_const`, :func:`count_depths` and :func:`sparse_row_dot` as parts;
+- :func:`gaussian_multinomial_log_prob` -- the same at reparameterised logits
+  :math:`\\ell = m + \\varepsilon\\odot s`, with a hand-written gradient (the training hot path);
 - :func:`kl_normal_standard` -- KL of a diagonal Gaussian from N(0, I) (the ``sampled`` objective);
 - :class:`LowRankPrior`, :func:`kl_diag_to_lowrank` -- KL of a diagonal Gaussian from
   :math:`N(b, W W^\\top + \\sigma^2 I)` in O(D k²) by Woodbury and the matrix determinant lemma
@@ -22,6 +24,7 @@ import torch
 
 __all__ = [
     "multinomial_log_prob",
+    "gaussian_multinomial_log_prob",
     "multinomial_log_const",
     "sparse_row_dot",
     "count_depths",
@@ -146,6 +149,94 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor,
     if log_const is None:
         log_const = multinomial_log_const(counts)
     return dot - depth * log_norm + log_const.to(logits.dtype)
+
+
+class _GaussianMultinomial(torch.autograd.Function):
+    """Multinomial log-probability (without the constant) at :math:`\\ell = m + \\varepsilon s`.
+
+    Autograd would keep ℓ, the shifted logits and their exponentials, then walk back through the
+    log-sum-exp, the product and the sum: about a dozen passes over an (S, B, D) buffer. The
+    gradient is known in closed form, :math:`\\partial/\\partial\\ell = x - N\\operatorname{softmax}(\\ell)`,
+    so the forward pass turns the exponentials into it in place and the backward pass only scales
+    it (five passes forward, two back).
+    """
+
+    @staticmethod
+    def forward(ctx, mean, std, eps, counts, depth):
+        logits = torch.addcmul(mean, eps, std)  # (S, B, D)
+        if counts.is_sparse:
+            dot = sparse_row_dot(counts, logits)
+        else:
+            dot = torch.linalg.vecdot(logits, counts.to(logits.dtype))
+        top = logits.amax(-1, keepdim=True)
+        expo = logits.sub_(top).exp_()  # in place: exp(ℓ − max), ℓ itself is not needed again
+        total = expo.sum(-1, keepdim=True)
+        out = dot - depth * (top + total.log()).squeeze(-1)  # (S, B)
+        ctx.mean_shape, ctx.std_shape = mean.shape, std.shape
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            grad = expo.mul_(-depth.unsqueeze(-1) / total)  # −N softmax(ℓ)
+            if counts.is_sparse:
+                rows, cols, vals = _coo_parts(counts)
+                grad[..., rows, cols] += vals.to(grad.dtype)  # (rows, cols) are unique
+            else:
+                grad.add_(counts.to(grad.dtype))
+            ctx.save_for_backward(grad, eps)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        grad, eps = ctx.saved_tensors
+        grad = grad * grad_out.unsqueeze(-1)  # ∂/∂ℓ, (S, B, D)
+        grad_std = None
+        if ctx.needs_input_grad[1]:
+            grad_std = _sum_to(grad * eps, ctx.std_shape)
+        grad_mean = _sum_to(grad, ctx.mean_shape) if ctx.needs_input_grad[0] else None
+        return grad_mean, grad_std, None, None, None
+
+
+def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a broadcast result back to ``shape`` (the shape of the input it was broadcast from)."""
+    return t.sum() if len(shape) == 0 else t.sum_to_size(shape)
+
+
+def gaussian_multinomial_log_prob(mean: torch.Tensor, std: torch.Tensor, eps: torch.Tensor,
+                                  counts: torch.Tensor,
+                                  log_const: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`multinomial_log_prob` at the reparameterised logits :math:`\\ell = m + \\varepsilon \\odot s`.
+
+    The same value as ``multinomial_log_prob(mean + eps * std, counts, log_const)`` and the same
+    gradients with respect to ``mean`` and ``std``, computed by hand: the training loop spends most of
+    its elementwise time here when D is large.
+
+    Parameters
+    ----------
+    mean : torch.Tensor, broadcastable to ``eps`` (for example (B, D) or (S, B, D))
+    std : torch.Tensor, broadcastable to ``eps`` ((B, D), (B, 1) or a scalar)
+    eps : torch.Tensor, shape (S, B, D)
+        Standard normal draws.
+    counts : torch.Tensor, shape (B, D), dense or sparse COO
+    log_const : torch.Tensor, shape (B,), optional
+        As in :func:`multinomial_log_prob`.
+
+    Returns
+    -------
+    torch.Tensor, shape (S, B)
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[2.0, 0.0, 1.0]])
+    >>> m, s, e = torch.zeros(1, 3), torch.ones(1, 3), torch.tensor([[[0.5, -1.0, 0.2]]])
+    >>> bool(torch.allclose(gaussian_multinomial_log_prob(m, s, e, x),
+    ...                     multinomial_log_prob(m + e * s, x)))
+    True
+    """
+    depth = count_depths(counts).to(eps.dtype)
+    out = _GaussianMultinomial.apply(mean, std, eps, counts, depth)
+    if log_const is None:
+        log_const = multinomial_log_const(counts)
+    return out + log_const.to(out.dtype)
 
 
 def multinomial_log_const(counts: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..likelihoods import kl_diag_to_lowrank, multinomial_log_prob
+from ..likelihoods import gaussian_multinomial_log_prob, kl_diag_to_lowrank
 from .mvae import LossTerms, LowRankDecoder
 
 __all__ = [
@@ -256,13 +256,9 @@ class NonAmortisedModule(LowRankDecoder):
         mean, log_var = self.local_posterior(batch.index)  # (B, D) each
         eps = torch.randn((S, *mean.shape), dtype=mean.dtype, device=mean.device,
                           generator=generator)
-        logits = mean + eps * torch.exp(0.5 * log_var)  # (S, B, D)
         kl = kl_diag_to_lowrank(mean, log_var, self.prior())  # (B,)
-        if batch.log_const is None:
-            recon = multinomial_log_prob(logits, batch.counts)
-        else:
-            recon = multinomial_log_prob(logits, batch.counts, batch.log_const)
-        recon = recon.mean(0)  # (S, B) -> (B,)
+        recon = gaussian_multinomial_log_prob(mean, torch.exp(0.5 * log_var), eps, batch.counts,
+                                              batch.log_const).mean(0)  # (S, B) -> (B,)
         return LossTerms(reconstruction=recon, kl=kl)
 
     def forward(self, batch: IndexedCounts, generator: torch.Generator | None = None):
