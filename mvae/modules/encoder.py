@@ -56,7 +56,7 @@ def log_ratio_input(counts: torch.Tensor, pseudocount: float) -> torch.Tensor:
             counts.indices(), torch.log1p(counts.values() / pseudocount), counts.shape,
             is_coalesced=True, check_invariants=False,
         )
-    return torch.log1p(counts / pseudocount)
+    return torch.log1p(counts / pseudocount if pseudocount != 1 else counts)
 
 
 def _csr(y: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,9 @@ class _CentredProduct(torch.autograd.Function):
             raw = y @ kernel
             y_mean = y.mean(dim=1)
         ctx.y, ctx.y_mean, ctx.centre_tilde = y, y_mean, centre_tilde
-        return raw - y_mean[:, None] * kernel.sum(dim=0) - centre_tilde @ kernel
+        # 1ᵀK and m̃ᵀK in one pass over K
+        sums = torch.stack([torch.ones_like(centre_tilde), centre_tilde]) @ kernel  # (2, n)
+        return raw.sub_(sums[1]).addr_(y_mean, sums[0], alpha=-1.0)
 
     @staticmethod
     def backward(ctx, g):
