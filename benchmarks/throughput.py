@@ -12,7 +12,7 @@ sliced from a dense tensor, no ILR, nothing else. mvae is measured with its own 
 
 Usage::
 
-    python benchmarks/throughput.py                 # the full table (a few minutes)
+    python benchmarks/throughput.py                 # the full table, 3 interleaved rounds (~15 min)
     python benchmarks/throughput.py --smoke         # seconds
     python benchmarks/throughput.py -o benchmarks/results/throughput
 """
@@ -140,41 +140,69 @@ def main(config: dict) -> list[dict]:
     """Run every case and method; return the rows (dicts) and write them if config['out']."""
     cases = SMOKE if config.get("smoke") else CASES
     methods = config.get("methods") or METHODS
-    rows = []
+    repeats = int(config.get("repeats") or 1)
+    runs = []
     for case in cases:
         D, density, n, epochs = case
-        for method in methods:
-            cmd = [sys.executable, __file__, "--child", "--method", method,
-                   "--case", json.dumps([D, density, n, epochs])]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(out.stderr[-2000:], file=sys.stderr)
-                raise SystemExit(f"{method} at D={D} failed")
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(f"D={D:>7} {method:<24} {row['samples_per_cpu_s']:>9.0f} samples/CPU-s "
-                  f"cpu {row['cpu_s']:6.1f}s wall {row['wall_s']:6.1f}s "
-                  f"rss {row['peak_rss_mb']:7.0f} MB", flush=True)
-    ref = {r["D"]: r["samples_per_cpu_s"] for r in rows if r["method"] == "reference"}
-    for r in rows:
-        r["ratio_to_reference"] = r["samples_per_cpu_s"] / ref[r["D"]] if r["D"] in ref else None
+        # methods interleaved, `repeats` rounds: a burst of load on the shared machine then hits
+        # every method of a round rather than all repeats of one method
+        for rep in range(repeats):
+            for method in methods:
+                cmd = [sys.executable, __file__, "--child", "--method", method,
+                       "--case", json.dumps([D, density, n, epochs])]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(out.stderr[-2000:], file=sys.stderr)
+                    raise SystemExit(f"{method} at D={D} failed")
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                row["repeat"] = rep
+                runs.append(row)
+                print(f"D={D:>7} {method:<24} {row['samples_per_cpu_s']:>9.0f} samples/CPU-s "
+                      f"cpu {row['cpu_s']:6.1f}s wall {row['wall_s']:6.1f}s "
+                      f"rss {row['peak_rss_mb']:7.0f} MB", flush=True)
+    rows = summarise(runs)
     if config.get("out"):
-        write(rows, Path(config["out"]))
+        write(rows, runs, Path(config["out"]))
     return rows
 
 
-def write(rows, out: Path) -> None:
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per (D, method): medians over the repeats, the spread, and the ratio of medians."""
+    import numpy as np
+
+    rows = []
+    keys = list(dict.fromkeys((r["D"], r["method"]) for r in runs))
+    for D, method in keys:
+        mine = [r for r in runs if r["D"] == D and r["method"] == method]
+        rate = np.array([r["samples_per_cpu_s"] for r in mine])
+        row = dict(mine[0])
+        row.pop("repeat", None)
+        row.update(samples_per_cpu_s=float(np.median(rate)), rate_min=float(rate.min()),
+                   rate_max=float(rate.max()), repeats=len(mine),
+                   cpu_s=float(np.median([r["cpu_s"] for r in mine])),
+                   wall_s=float(np.median([r["wall_s"] for r in mine])),
+                   peak_rss_mb=float(max(r["peak_rss_mb"] for r in mine)))
+        rows.append(row)
+    ref = {r["D"]: r["samples_per_cpu_s"] for r in rows if r["method"] == "reference"}
+    for r in rows:
+        r["ratio_to_reference"] = r["samples_per_cpu_s"] / ref[r["D"]] if r["D"] in ref else None
+    return rows
+
+
+def write(rows, runs, out: Path) -> None:
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    df.to_csv(out / "throughput.csv", index=False)
-    lines = ["| D | density | method | samples/CPU-s | ratio to reference | CPU s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+    pd.DataFrame(rows).to_csv(out / "throughput.csv", index=False)
+    pd.DataFrame(runs).to_csv(out / "throughput_runs.csv", index=False)
+    lines = ["| D | density | method | samples/CPU-s (median) | range over repeats | "
+             "ratio to reference | CPU s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['D']:,} | {r['density']:.3f} | {r['method']} | "
-                     f"{r['samples_per_cpu_s']:,.0f} | {r['ratio_to_reference']:.2f} | "
-                     f"{r['cpu_s']:.1f} | {r['peak_rss_mb']:,.0f} |")
+                     f"{r['samples_per_cpu_s']:,.0f} | {r['rate_min']:,.0f}–{r['rate_max']:,.0f} | "
+                     f"{r['ratio_to_reference']:.2f} | {r['cpu_s']:.1f} | "
+                     f"{r['peak_rss_mb']:,.0f} |")
     (out / "throughput.md").write_text("\n".join(lines) + "\n")
 
 
@@ -183,6 +211,8 @@ if __name__ == "__main__":
     p.add_argument("--smoke", action="store_true")
     p.add_argument("-o", "--out", default=None)
     p.add_argument("--methods", nargs="*", default=None)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="interleaved rounds per case; medians are reported (default 3)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--case", type=json.loads, help=argparse.SUPPRESS)
@@ -190,4 +220,5 @@ if __name__ == "__main__":
     if a.child:
         child(a)
     else:
-        main(dict(smoke=a.smoke, out=a.out, methods=a.methods))
+        main(dict(smoke=a.smoke, out=a.out, methods=a.methods,
+                  repeats=1 if a.smoke else a.repeats))

@@ -200,11 +200,11 @@ def _clip_gradients(params: list[torch.Tensor], max_norm: float) -> bool:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return True
-    total = float(torch.nn.utils.get_total_norm(grads))
-    if not math.isfinite(total):
+    total = torch.nn.utils.get_total_norm(grads)
+    if not math.isfinite(float(total)):
         return False
-    if total > max_norm:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, torch.tensor(total))
+    if float(total) > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return True
 
 
