@@ -147,10 +147,12 @@ def _ppca(y, n_components):
     else:
         u, s, vt = scipy.linalg.svd(yc, full_matrices=False)  # yc = u diag(s) vt
     eig = s**2 / (n - 1)  # eigenvalues of the sample covariance, descending
-    total = np.sum(yc**2) / (n - 1)  # trace = sum of all D - 1 possible eigenvalues
     top = eig[:k]
     n_discarded = (d - 1) - k
-    noise = max(0.0, (total - top.sum()) / n_discarded) if n_discarded > 0 else 0.0
+    # the discarded variance is the sum of the eigenvalues after the k-th: the SVD / Gram route
+    # returns every non-zero one (the rank is at most min(n, D) - 1). Summing them directly
+    # avoids the cancellation of trace - top.sum(), which left ~1e-16 x trace of noise
+    noise = max(0.0, float(eig[k:].sum()) / n_discarded) if n_discarded > 0 else 0.0
     v = vt[:k].T  # (D, k)
     signs = np.sign(v[np.argmax(np.abs(v), axis=0), np.arange(k)])
     signs[signs == 0] = 1.0
