@@ -110,7 +110,7 @@ class MultinomialVAE:
 
     def __init__(self, n_latent: int = 10, *, encoder_depth: int = 2, n_hidden: int = 128,
                  pseudocount: float = 1.0, objective: str = "marginal",
-                 posterior: str = "full", basis: str = "helmert",
+                 posterior: str = "full", posterior_rank: int = 32, basis: str = "helmert",
                  tree=None, activation: str = "gelu", dropout: float = 0.0, n_mc_samples: int = 1,
                  batch_size: int = 128, max_epochs: int | None = None,
                  learning_rate: float = 3e-3,
@@ -124,6 +124,7 @@ class MultinomialVAE:
         self.pseudocount = pseudocount
         self.objective = objective
         self.posterior = posterior
+        self.posterior_rank = posterior_rank
         self.basis = basis
         self.tree = tree
         self.activation = activation
@@ -167,8 +168,10 @@ class MultinomialVAE:
              and self.pseudocount > 0, "pseudocount", "need a finite number > 0")
         need(self.objective in ("marginal", "sampled"), "objective",
              "choose 'marginal' or 'sampled'")
-        need(self.posterior in ("full", "hybrid", "lowrank"), "posterior",
-             "choose 'full', 'hybrid' or 'lowrank'")
+        need(self.posterior in ("full", "hybrid", "lowrank", "factored"), "posterior",
+             "choose 'full', 'hybrid', 'lowrank' or 'factored'")
+        need(is_int(self.posterior_rank) and self.posterior_rank >= 1, "posterior_rank",
+             "need an integer >= 1")
         need(self.basis in _BASES, "basis", f"choose one of {_BASES}")
         need(self.basis != "tree" or self.tree is not None, "tree",
              "basis='tree' needs a Newick tree (tree=...)")
@@ -436,7 +439,8 @@ class MultinomialVAE:
                             encoder_depth=int(self.encoder_depth),
                             pseudocount=float(self.pseudocount), objective=self.objective,
                             activation=self.activation, dropout=float(self.dropout),
-                            n_mc_samples=int(self.n_mc_samples), posterior=self.posterior)
+                            n_mc_samples=int(self.n_mc_samples), posterior=self.posterior,
+                            posterior_rank=int(self.posterior_rank))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_)
             module = MultinomialVAEModule(config)

@@ -24,7 +24,7 @@ def _module(D, k, objective, depth=2, seed=0, pseudocount=0.5, posterior="lowran
     torch.manual_seed(seed)
     cfg = MVAEConfig(n_features=D, n_latent=k, n_hidden=6, encoder_depth=depth,
                      pseudocount=pseudocount, objective=objective, n_mc_samples=2,
-                     posterior=posterior)
+                     posterior=posterior, posterior_rank=4)
     m = MultinomialVAEModule(cfg).double()
     rng = np.random.default_rng(seed)
     with torch.no_grad():  # move away from the symmetric initial state
@@ -62,6 +62,8 @@ def _reference_loss(m, counts, Psi, seed):
         head = m.mean_head(h)
         if cfg.posterior == "lowrank":  # k coordinates mapped through the clr image of W
             head = head @ (Psi @ W).T
+        elif cfg.posterior == "factored":  # r coordinates mapped through a factor of its own
+            head = head @ m.mean_factor.T
         mean = head + Psi @ b + m.skip_mean * (u @ Psi.T)
         var = (m.log_var_head(h) + m.feature_log_var
                + m.skip_log_var * torch.log1p(counts / cfg.pseudocount)).exp()
@@ -89,7 +91,8 @@ def _reference_loss(m, counts, Psi, seed):
 
 @pytest.mark.parametrize("basis", sorted(BASES))
 @pytest.mark.parametrize("objective,posterior", [("marginal", "lowrank"), ("marginal", "full"),
-                                                 ("marginal", "hybrid"), ("sampled", "lowrank")])
+                                                 ("marginal", "hybrid"), ("marginal", "factored"),
+                                                 ("sampled", "lowrank")])
 @pytest.mark.parametrize("layout", ["dense", "sparse"])
 def test_clr_module_equals_dense_psi_reference(basis, objective, posterior, layout):
     D, k = 9, 3
@@ -103,7 +106,8 @@ def test_clr_module_equals_dense_psi_reference(basis, objective, posterior, layo
 
 
 @pytest.mark.parametrize("objective,posterior", [("marginal", "lowrank"), ("marginal", "full"),
-                                                 ("marginal", "hybrid"), ("sampled", "lowrank")])
+                                                 ("marginal", "hybrid"), ("marginal", "factored"),
+                                                 ("sampled", "lowrank")])
 @pytest.mark.parametrize("layout", ["dense", "sparse"])
 def test_clr_module_gradients_equal_dense_psi_reference(objective, posterior, layout):
     """Every parameter's gradient equals autograd's through the dense-Ψ reference (the module
@@ -127,7 +131,8 @@ def test_clr_module_gradients_equal_dense_psi_reference(objective, posterior, la
 
 
 @pytest.mark.parametrize("objective,posterior", [("marginal", "lowrank"), ("marginal", "full"),
-                                                 ("marginal", "hybrid"), ("sampled", "lowrank")])
+                                                 ("marginal", "hybrid"), ("marginal", "factored"),
+                                                 ("sampled", "lowrank")])
 def test_module_loss_gradcheck(objective, posterior):
     m = _module(5, 2, objective, depth=2, posterior=posterior)
     counts = _counts(5, B=3)
@@ -135,6 +140,8 @@ def test_module_loss_gradcheck(objective, posterior):
              "mean_head.weight", "log_var_head.weight"]
     if objective == "marginal":
         names += ["skip_mean", "skip_log_var", "feature_log_var"]
+    if posterior == "factored":
+        names += ["mean_factor"]
     params = dict(m.named_parameters())
 
     def loss(*values):  # the loss as a function of the chosen parameters, noise fixed
