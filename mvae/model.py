@@ -59,13 +59,23 @@ class MultinomialVAE:
     objective : {"marginal", "sampled"}
         ``marginal`` integrates z out analytically (learns σ and the spectrum of W);
         ``sampled`` is catvae's form, kept for comparison.
-    posterior : {"full", "hybrid", "lowrank"}
-        Parametrisation of the ``marginal`` objective's posterior over the D logits. ``full``:
-        width-H → D heads for mean and variance plus per-feature terms (about 4x a plain VAE's
-        matrix work); ``hybrid``: the same mean, variance exp(s(u) + c_d + β_d log(x_d/c + 1))
-        with s(u) one scalar per sample (18-32% faster; as accurate as ``full`` on simulations,
-        see docs/model.md §4); ``lowrank``: mean b̃ + W̃ g(u) + a ⊙ clr(log(x + c)) and the
-        ``hybrid`` variance, O(D (H + k)) per sample like a plain VAE, but less accurate.
+    posterior : {"factored", "full", "hybrid", "lowrank"}
+        Parametrisation of the ``marginal`` objective's posterior over the D logits (see
+        docs/model.md §4). ``factored`` (default): mean b̃ + R g(u) + a ⊙ clr(log(x + c)) with a
+        (D, r) factor R of its own, variance exp(s(u) + c_d + β_d log(x_d/c + 1)) with s(u) one
+        scalar per sample; O(D r) per sample and a fused, chunked likelihood, about twice as fast
+        as ``full`` at D ≥ 20,000. ``full``: width-H → D heads for mean and variance (about 4x a
+        plain VAE's matrix work; the earlier default). ``hybrid``: the ``full`` mean with the
+        ``factored`` variance. ``lowrank``: as ``factored`` with R = W̃, the decoder's own
+        loadings, which lets the encoder pull on the decoder: the least accurate. Accuracy of
+        all four on simulations and the real tables: benchmarks/results/posteriors/.
+    posterior_rank : int
+        r, the width of the ``factored`` posterior's mean factor (default 32).
+    reconstruction : {"mc", "bound"}
+        Estimator of E_q[log p(x | ℓ)] in the ``marginal`` ELBO: ``mc`` reparameterised Monte
+        Carlo draws (``n_mc_samples`` per sample and step); ``bound`` the deterministic Jensen
+        bound x·m − N log Σ_d exp(m_d + v_d/2), a lower bound of the same ELBO that needs no
+        (B, D) random numbers (faster; as accurate on the simulations, see docs/model.md §5).
     basis : {"helmert", "balanced", "tree"}
         ILR basis used to report loadings and covariances in balance coordinates. Training does not
         depend on it (it runs in clr coordinates).
@@ -110,7 +120,7 @@ class MultinomialVAE:
 
     def __init__(self, n_latent: int = 10, *, encoder_depth: int = 2, n_hidden: int = 128,
                  pseudocount: float = 1.0, objective: str = "marginal",
-                 posterior: str = "full", posterior_rank: int = 32, reconstruction: str = "mc",
+                 posterior: str = "factored", posterior_rank: int = 32, reconstruction: str = "mc",
                  basis: str = "helmert",
                  tree=None, activation: str = "gelu", dropout: float = 0.0, n_mc_samples: int = 1,
                  batch_size: int = 128, max_epochs: int | None = None,

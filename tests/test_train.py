@@ -51,3 +51,26 @@ def test_fused_adam_takes_the_same_steps_as_the_default():
             opt.step()
     for p, q in zip(a.parameters(), b.parameters()):
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-10)
+
+
+def test_reuse_freed_memory_changes_no_number_and_is_a_no_op_without_glibc(monkeypatch):
+    """The allocator setting is about speed only (its effect on page faults is measured by
+    benchmarks/throughput.py): a tensor computed inside equals one computed outside, and without
+    glibc's mallopt the block does nothing."""
+    import ctypes
+
+    from mvae.train import reuse_freed_memory
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 5000, generator=g)
+    want = torch.log_softmax(x @ x[:10].T, -1)
+    with reuse_freed_memory():
+        got = torch.log_softmax(x @ x[:10].T, -1)
+    assert torch.equal(got, want)
+
+    def no_libc(*args, **kwargs):
+        raise OSError("no C library here")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    with reuse_freed_memory():
+        assert torch.equal(torch.log_softmax(x @ x[:10].T, -1), want)

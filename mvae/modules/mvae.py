@@ -69,7 +69,7 @@ class MVAEConfig:
     activation: str = "gelu"
     dropout: float = 0.0
     n_mc_samples: int = 1
-    posterior: str = "full"
+    posterior: str = "factored"
     posterior_rank: int = 32
     reconstruction: str = "mc"
 
