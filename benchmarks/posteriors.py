@@ -33,7 +33,8 @@ from pathlib import Path
 # (posterior, reconstruction) pairs; "factored+bound" is the factored posterior with the Jensen
 # bound on the log-normaliser instead of Monte Carlo draws
 VARIANTS = {"full": ("full", "mc"), "hybrid": ("hybrid", "mc"), "lowrank": ("lowrank", "mc"),
-            "factored": ("factored", "mc"), "factored+bound": ("factored", "bound")}
+            "factored": ("factored", "mc"), "factored+bound": ("factored", "bound"),
+            "factored+mixed": ("factored", "mixed")}
 REGIMES = {"deep": (10_000, 0.5), "moderate": (100, 1.0), "high": (50, 2.0)}
 SEEDS = (0, 1, 2)
 TABLES = ("moving_pictures_16s_table.biom", "wirbel_crc_shotgun_motus_table.biom",
@@ -105,19 +106,22 @@ def _markdown(frame) -> str:
     return "\n".join(lines)
 
 
-def tasks() -> list[dict]:
+def tasks(variants=None) -> list[dict]:
+    variants = list(variants or VARIANTS)
     out = [dict(kind="simulation", table=r, seed=s, posterior=p)
-           for r in REGIMES for s in SEEDS for p in VARIANTS]
-    out += [dict(kind="real", table=t, seed=0, posterior=p) for t in TABLES for p in VARIANTS]
+           for r in REGIMES for s in SEEDS for p in variants]
+    out += [dict(kind="real", table=t, seed=0, posterior=p) for t in TABLES for p in variants]
     return out
 
 
-def main(out_dir, jobs: int = 1):
+def main(out_dir, jobs: int = 1, only=None):
+    """Run every variant, or with ``only`` just those, keeping the other variants' rows of an
+    existing ``posteriors.csv`` (the table is then written from all of them)."""
     import pandas as pd
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    todo = tasks()
+    todo = tasks(only)
     if jobs > 1:
         import multiprocessing as mp
 
@@ -132,6 +136,9 @@ def main(out_dir, jobs: int = 1):
             rows.append(run_one(t))
             print(json.dumps(rows[-1]), flush=True)
     df = pd.DataFrame(rows)
+    if only and (out / "posteriors.csv").is_file():
+        kept = pd.read_csv(out / "posteriors.csv")
+        df = pd.concat([kept[~kept.posterior.isin(only)], df], ignore_index=True)
     df.to_csv(out / "posteriors.csv", index=False)
     sims = df[df.kind == "simulation"]
     metrics = ["subspace", "cov_rel_frobenius", "corr_spearman", "embedding_r2", "valid_nelbo",
@@ -152,6 +159,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--out-dir", default="benchmarks/results/posteriors")
     p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--only", nargs="+", choices=list(VARIANTS), default=None,
+                   help="run just these variants; the other rows of posteriors.csv are kept")
     a = p.parse_args()
-    main(a.out_dir, a.jobs)
+    main(a.out_dir, a.jobs, a.only)
     sys.exit(0)

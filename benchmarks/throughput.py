@@ -35,7 +35,7 @@ CASES = [  # (D, density, n_samples, epochs)
 ]
 SMOKE = [(200, None, 512, 1), (2_000, 0.02, 512, 1)]
 METHODS = ["reference", "reference-tuned", "mvae-marginal-full", "mvae-marginal-factored",
-           "mvae-marginal-factored-bound", "mvae-sampled"]
+           "mvae-marginal-factored-mixed", "mvae-marginal-factored-bound", "mvae-sampled"]
 K, HIDDEN, BATCH = 10, 128, 128
 
 
@@ -139,11 +139,12 @@ def child(args):
         def run(data, e):
             return run_reference(data, e, tuned=args.method == "reference-tuned")
     else:
-        _, objective, *rest = args.method.split("-")  # mvae-<objective>[-<posterior>[-bound]]
+        # mvae-<objective>[-<posterior>[-<reconstruction>]]
+        _, objective, *rest = args.method.split("-")
 
         def run(data, e):
             return run_mvae(data, e, objective, rest[0] if rest else "full",
-                            "bound" if rest[1:] == ["bound"] else "mc")
+                            rest[1] if rest[1:] else "mc")
     run(X[: 2 * BATCH], 1)  # warm-up: lazy imports and torch's first-call set-up are not timed
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     samples, cpu, wall = run(X, epochs)

@@ -42,7 +42,8 @@ def factored_multinomial_log_prob(left: torch.Tensor, right: torch.Tensor, base:
                                   y: torch.Tensor, counts: torch.Tensor,
                                   eps: torch.Tensor | None = None,
                                   log_const: torch.Tensor | None = None,
-                                  chunk_rows: int | None = None) -> torch.Tensor:
+                                  chunk_rows: int | None = None,
+                                  mixed: bool = False) -> torch.Tensor:
     """Expected multinomial log-probability of ``counts`` under a factored Gaussian posterior.
 
     Parameters
@@ -63,13 +64,20 @@ def factored_multinomial_log_prob(left: torch.Tensor, right: torch.Tensor, base:
         The log-ratio input, in the layout of ``counts`` and (if sparse, coalesced) with the same
         non-zeros. No gradient flows to it.
     counts : torch.Tensor, shape (B, D), dense or sparse COO (coalesced)
-    eps : torch.Tensor, shape (S, B, D), optional
-        Standard normal draws: the Monte Carlo estimate at :math:`\\ell = m + \\varepsilon\\odot
-        v^{1/2}`, one row per draw. Without it, the Jensen bound.
+    eps : torch.Tensor, shape (S, B, D) or (S, nnz), optional
+        Standard normal draws. (S, B, D): the Monte Carlo estimate at :math:`\\ell = m +
+        \\varepsilon\\odot v^{1/2}`, one row per draw. (S, nnz), for sparse counts: draws at the
+        non-zeros only (in their coalesced order) and the Jensen bound over the zeros,
+        :math:`x^\\top\\ell - N\\log(\\sum_{x_d > 0} e^{\\ell_d} + \\sum_{x_d = 0} e^{m_d + v_d/2})`, a
+        lower bound of the expected log-likelihood that is tight when no single zero-count feature
+        carries much of the normaliser. None: the Jensen bound everywhere.
     log_const : torch.Tensor, shape (B,), optional
         :math:`\\log N! - \\sum_d \\log x_d!` when already known.
     chunk_rows : int, optional
         Rows per block (default: :data:`CHUNK_ELEMENTS` // D, at least 1).
+    mixed : bool
+        With (S, B, D) draws: use them only where x > 0 and the bound at the zeros (the
+        estimator of (S, nnz) draws, for dense counts).
 
     Returns
     -------
@@ -103,9 +111,18 @@ def factored_multinomial_log_prob(left: torch.Tensor, right: torch.Tensor, base:
         raise ValueError("y must have the layout of counts")
     B, D = counts.shape
     rows_per = int(chunk_rows) if chunk_rows else max(1, CHUNK_ELEMENTS // max(1, D))
+    if eps is None:
+        mode = "bound"
+    elif eps.dim() == 3:
+        mode = "mixed" if mixed else "mc"
+    elif counts.is_sparse and eps.shape[1:] == counts.values().shape:
+        mode = "mixed"
+    else:
+        raise ValueError("eps must be (S, B, D) draws, (S, nnz) draws at the non-zeros of a "
+                         "sparse counts, or None")
     depth = count_depths(counts).to(left.dtype)
     out = _FactoredLikelihood.apply(left, right, base, skip, log_scale, feature_log_var,
-                                    skip_log_var, y, counts, eps, depth, rows_per)
+                                    skip_log_var, y, counts, eps, depth, rows_per, mode)
     if log_const is None:
         log_const = multinomial_log_const(counts)
     return out + log_const.to(out.dtype)
@@ -120,6 +137,7 @@ class _Block:
         if self.sparse:
             rows, cols, vals = _coo_parts(counts)
             lo, hi = int(ptr[i0]), int(ptr[i1])
+            self.lo, self.hi = lo, hi  # the block's slice of the non-zeros
             self.rows, self.cols = rows[lo:hi] - i0, cols[lo:hi]
             self.x = vals[lo:hi]
             self.y = y.values()[lo:hi]
@@ -157,11 +175,10 @@ def _scale_block(blk, t, f, g, power):
 class _FactoredLikelihood(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, left, right, base, skip, t, f, g, y, counts, eps, depth, rows_per):
-        mc = eps is not None
-        S = eps.shape[0] if mc else 1
+    def forward(ctx, left, right, base, skip, t, f, g, y, counts, eps, depth, rows_per, mode):
+        S = eps.shape[0] if eps is not None else 1
         B, D = counts.shape
-        power = 0.5 if mc else 1.0  # ε ⊙ v^{1/2}, or v / 2 inside the bound
+        power = 0.5 if mode == "mc" else 1.0  # ε ⊙ v^{1/2}, or v / 2 inside the bound
         blocks = _blocks(counts, y, rows_per)
         out = left.new_empty(S, B)
         soft = left.new_empty(S, B, D)  # −N softmax(ℓ) per block: the one saved (B, D) buffer
@@ -169,7 +186,7 @@ class _FactoredLikelihood(torch.autograd.Function):
             i0, i1 = blk.i0, blk.i1
             m = _mean_block(blk, left, right, base, skip)  # (c, D)
             sc = _scale_block(blk, t, f, g, power)
-            if mc:
+            if mode == "mc":
                 e = eps[:, i0:i1]  # (S, c, D)
                 if blk.sparse:
                     A, C, R = sc
@@ -179,6 +196,17 @@ class _FactoredLikelihood(torch.autograd.Function):
                 else:
                     lg = torch.addcmul(m, e, sc)
                 dot = _row_dot(blk, lg)  # x·ℓ, (S, c)
+            elif mode == "mixed" and blk.sparse:  # v/2 at the zeros, ε v^{1/2} at the non-zeros
+                A, C, R = sc
+                m_nz = m[blk.rows, blk.cols]  # (nnz_c,)
+                m.addcmul_(A[:, None], C[None, :], value=0.5)
+                lg = m[None].expand(S, -1, -1).clone() if S > 1 else m[None]
+                std_nz = torch.sqrt(A[blk.rows] * C[blk.cols] * R)
+                lg[:, blk.rows, blk.cols] = m_nz + eps[:, blk.lo:blk.hi] * std_nz
+                dot = _row_dot(blk, lg)  # x·ℓ at the non-zeros, (S, c)
+            elif mode == "mixed":  # dense counts: the same with a mask; draws at every entry
+                lg = m + torch.where(blk.x > 0, eps[:, i0:i1] * sc.sqrt(), 0.5 * sc)
+                dot = _row_dot(blk, lg)
             else:
                 dot = _row_dot(blk, m[None])  # x·m: exact
                 if blk.sparse:
@@ -195,16 +223,16 @@ class _FactoredLikelihood(torch.autograd.Function):
             out[:, i0:i1] = dot - N * (top + total.log()).squeeze(-1)
             torch.mul(lg, -N[:, None] / total, out=soft[:, i0:i1])
         ctx.save_for_backward(soft, left, right, base, skip, t, f, g, eps)
-        ctx.y, ctx.counts, ctx.rows_per = y, counts, rows_per
-        return out if mc else out[0]
+        ctx.y, ctx.counts, ctx.rows_per, ctx.mode = y, counts, rows_per, mode
+        return out if eps is not None else out[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         soft, left, right, base, skip, t, f, g, eps = ctx.saved_tensors
-        mc = eps is not None
-        power = 0.5 if mc else 1.0
-        go = grad_out if mc else grad_out[None]  # (S, B)
+        mode = ctx.mode
+        power = 0.5 if mode == "mc" else 1.0
+        go = grad_out if eps is not None else grad_out[None]  # (S, B)
         go_sum = go.sum(0)  # (B,)
         grads = dict(left=torch.empty_like(left), right=torch.zeros_like(right),
                      base=torch.zeros_like(base), skip=torch.zeros_like(skip),
@@ -216,7 +244,10 @@ class _FactoredLikelihood(torch.autograd.Function):
             x_go = go_sum[i0:i1]  # ∂/∂ℓ of x·ℓ is x (times the upstream gradient)
             # the variance's gradient through v^power: MC Σ_s ∂ℓ ⊙ ε (x part included),
             # bound ½ ∂/∂(m + v/2) of the normaliser only (x·m does not see v)
-            if mc:
+            if mode == "mixed":
+                e = eps[:, blk.lo:blk.hi] if blk.sparse else eps[:, i0:i1]
+                _mixed_scale_grads(blk, gn, gm, go[:, i0:i1], e, t, f, g, grads)
+            elif mode == "mc":
                 e = eps[:, i0:i1]
                 gv = (gn * e).sum(0) if gn.shape[0] > 1 else gn[0] * e[0]
                 half = 1.0
@@ -227,7 +258,8 @@ class _FactoredLikelihood(torch.autograd.Function):
                     gv.addcmul_(blk.x, (e * go[:, i0:i1, None]).sum(0))
             else:
                 gv, half = gm, 0.5
-            _scale_grads(blk, gv, half * power, t, f, g, power, grads)  # before gm changes
+            if mode != "mixed":
+                _scale_grads(blk, gv, half * power, t, f, g, power, grads)  # before gm changes
             if blk.sparse:  # ∂/∂m: add x at the non-zeros (gm is a fresh buffer, or a view of gn)
                 gm.index_put_((blk.rows, blk.cols), blk.x * x_go[blk.rows], accumulate=True)
             else:
@@ -242,7 +274,7 @@ class _FactoredLikelihood(torch.autograd.Function):
         need = ctx.needs_input_grad
         names = ("left", "right", "base", "skip", "t", "f", "g")
         return (*[grads[n] if need[i] else None for i, n in enumerate(names)],
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 def _row_dot(blk, lg):
@@ -251,6 +283,35 @@ def _row_dot(blk, lg):
         picked = lg[:, blk.rows, blk.cols] * blk.x  # (S, nnz_c)
         return lg.new_zeros(lg.shape[0], blk.i1 - blk.i0).index_add_(1, blk.rows, picked)
     return torch.linalg.vecdot(lg, blk.x)
+
+
+def _mixed_scale_grads(blk, gn, gm, go, e, t, f, g, grads):
+    """The t, f, g gradients of the ``mixed`` estimator for the block's rows: v/2 at the zeros
+    (v = A C), ε v^{1/2} at the non-zeros. ``gn`` (S, c, D) is ∂/∂ℓ of the normaliser, ``gm``
+    its sum over draws (before the x part is added), ``go`` (S, c) the upstream gradient and
+    ``e`` (S, nnz_c) the draws."""
+    i0, i1 = blk.i0, blk.i1
+    if not blk.sparse:  # e is (S, c, D): draws at every entry, used where x > 0
+        v = _scale_block(blk, t, f, g, 1.0)  # (c, D)
+        g_ell = gn + blk.x * go[:, :, None]  # (S, c, D)
+        q = torch.where(blk.x > 0, 0.5 * v.sqrt() * (g_ell * e).sum(0), 0.5 * v * gm)
+        grads["t"][i0:i1] = q.sum(1)
+        grads["f"] += q.sum(0)
+        grads["g"] += torch.linalg.vecdot(q.T, blk.y.T)
+        return
+    A, C, R = _scale_block(blk, t, f, g, 1.0)
+    gm_nz = gm[blk.rows, blk.cols]
+    # the zeros: ∂/∂log v = v ∂/∂v = v ⊙ gm / 2, summed over the zeros only
+    by_row = (gm @ C).index_add_(0, blk.rows, -gm_nz * C[blk.cols])
+    by_col = (gm.T @ A).index_add_(0, blk.cols, -gm_nz * A[blk.rows])
+    # the non-zeros: ∂/∂log v = ½ std ⊙ Σ_s ε_s (∂ℓ_s of the normaliser + x · upstream)
+    std_nz = torch.sqrt(A[blk.rows] * C[blk.cols] * R)
+    g_ell = gn[:, blk.rows, blk.cols] + blk.x * go[:, blk.rows]  # (S, nnz_c)
+    d_log_v = 0.5 * std_nz * (g_ell * e).sum(0)  # (nnz_c,)
+    grads["t"][i0:i1] = (0.5 * A * by_row).index_add_(0, blk.rows, d_log_v)
+    grads["f"] += 0.5 * C * by_col
+    grads["f"].index_add_(0, blk.cols, d_log_v)
+    grads["g"].index_add_(0, blk.cols, d_log_v * blk.y)
 
 
 def _scale_grads(blk, gv, scale, t, f, g, power, grads):

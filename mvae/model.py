@@ -184,9 +184,10 @@ class MultinomialVAE:
              "choose 'full', 'hybrid', 'lowrank' or 'factored'")
         need(is_int(self.posterior_rank) and self.posterior_rank >= 1, "posterior_rank",
              "need an integer >= 1")
-        need(self.reconstruction in ("mc", "bound"), "reconstruction", "choose 'mc' or 'bound'")
+        need(self.reconstruction in ("mc", "bound", "mixed"), "reconstruction",
+             "choose 'mc', 'bound' or 'mixed'")
         need(self.reconstruction == "mc" or self.objective == "marginal", "reconstruction",
-             "'bound' needs objective='marginal'")
+             f"'{self.reconstruction}' needs objective='marginal'")
         need(self.basis in _BASES, "basis", f"choose one of {_BASES}")
         need(self.basis != "tree" or self.tree is not None, "tree",
              "basis='tree' needs a Newick tree (tree=...)")

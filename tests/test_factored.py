@@ -72,3 +72,57 @@ def test_fused_refuses_mismatched_layouts():
     with pytest.raises(ValueError, match="non-zeros"):
         factored_multinomial_log_prob(*p.values(), torch.log1p(X[:, 1:].sum() + X).to_sparse(),
                                       X.to_sparse())
+
+
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+@pytest.mark.parametrize("S", [1, 3])
+@pytest.mark.parametrize("chunk_rows", [1, 2, None])
+def test_mixed_estimator_equals_its_formula(layout, S, chunk_rows):
+    """Draws at the non-zeros, the Jensen bound at the zeros: value and gradients against the
+    formula written out densely here, ℓ = m + [x > 0](ε ⊙ √v) + [x = 0] v / 2, with autograd."""
+    X, p, rng = _case(20 + S, zero_frac=0.6)
+    y = torch.log1p(X / 0.5)
+    nnz = int((X > 0).sum())
+    eps_nz = torch.tensor(rng.normal(size=(S, nnz)))
+    weights = torch.tensor(rng.normal(size=(S, X.shape[0])))
+    observed = X > 0
+    rows, cols = torch.nonzero(observed, as_tuple=True)  # row-major: the coalesced order
+    eps = torch.tensor(rng.normal(size=(S, *X.shape)))  # dense layout: draws everywhere
+    if layout == "sparse":
+        eps[:, rows, cols] = eps_nz
+        got = factored_multinomial_log_prob(*p.values(), y.to_sparse(), X.to_sparse(), eps_nz,
+                                            chunk_rows=chunk_rows)
+    else:
+        got = factored_multinomial_log_prob(*p.values(), y, X, eps, chunk_rows=chunk_rows,
+                                            mixed=True)
+    mean, log_var = _dense_posterior(p, y)
+    ell = mean + torch.where(observed, eps * torch.exp(0.5 * log_var), 0.5 * log_var.exp())
+    want = (X * ell).sum(-1) - X.sum(-1) * torch.logsumexp(ell, -1) + (
+        torch.lgamma(X.sum(-1) + 1) - torch.lgamma(X + 1).sum(-1))
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-10)
+    g_got = torch.autograd.grad((got * weights).sum(), list(p.values()))
+    g_want = torch.autograd.grad((want * weights).sum(), list(p.values()))
+    for name, a, b in zip(NAMES, g_got, g_want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+def test_mixed_estimator_lies_between_the_bound_and_monte_carlo():
+    """Jensen in two steps: bound ≤ E[mixed] ≤ E[Monte Carlo]. Checked with 20,000 draws shared
+    by the two estimators at the non-zeros, each inequality up to 4 standard errors."""
+    X, p, rng = _case(5, B=4, D=30, zero_frac=0.7)
+    xs, ys = X.to_sparse(), torch.log1p(X).to_sparse()
+    rows, cols = xs.indices()
+    eps = torch.tensor(rng.normal(size=(20_000, 4, 30)))
+    with torch.no_grad():
+        bound = factored_multinomial_log_prob(*p.values(), ys, xs)
+        mixed = factored_multinomial_log_prob(*p.values(), ys, xs, eps[:, rows, cols])
+        mc = factored_multinomial_log_prob(*p.values(), ys, xs, eps)
+
+    def mean_se(t):
+        return t.mean(0), t.std(0) / len(t) ** 0.5
+
+    m, se = mean_se(mixed)
+    assert torch.all(m - bound > -4 * se)
+    d, se_d = mean_se(mc - mixed)
+    assert torch.all(d > -4 * se_d)
+    assert torch.all(d > 0.2)  # and the zeros' noise matters here (70% zeros, 30 features)

@@ -234,3 +234,34 @@ def test_clr_linear_loads_the_earlier_weight_layout():
     new.load_state_dict(state)
     y = torch.tensor(rng.poisson(2.0, size=(4, 7)), dtype=torch.float64)
     np.testing.assert_array_equal(new(y).detach(), old(y).detach())
+
+
+@pytest.mark.parametrize("posterior", ["factored", "full"])
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_mixed_reconstruction_equals_its_formula(posterior, layout):
+    """reconstruction='mixed': ℓ = m + v/2 where x = 0 and m + ε √v where x > 0, with the
+    module's own draws ((S, nnz) for the fused sparse path of `factored`, else (S, B, D)),
+    against the formula written out here on the dense posterior."""
+    D, k = 9, 3
+    m = _module(D, k, "marginal", posterior=posterior)
+    counts = _counts(D)
+    counts[counts > 3] = 0  # zeros in every row
+    counts[:, 0] += 1
+    x = counts.to_sparse() if layout == "sparse" else counts
+    got = m.loss(x, generator=torch.Generator().manual_seed(5), reconstruction="mixed")
+    post = m.encode(counts)
+    S = m.config.n_mc_samples
+    gen = torch.Generator().manual_seed(5)
+    observed = counts > 0
+    if posterior == "factored" and layout == "sparse":
+        eps = torch.zeros(S, *counts.shape, dtype=counts.dtype)
+        eps[:, observed] = torch.randn((S, int(observed.sum())), dtype=counts.dtype, generator=gen)
+    else:
+        eps = torch.randn((S, *counts.shape), dtype=counts.dtype, generator=gen)
+    ell = post.mean + torch.where(observed, eps * torch.exp(0.5 * post.log_var),
+                                  0.5 * post.log_var.exp())
+    N = counts.sum(-1)
+    want = ((counts * ell).sum(-1) - N * torch.logsumexp(ell, -1)
+            + torch.lgamma(N + 1) - torch.lgamma(counts + 1).sum(-1)).mean(0)
+    np.testing.assert_allclose(got.reconstruction.detach().numpy(), want.detach().numpy(),
+                               rtol=1e-10)

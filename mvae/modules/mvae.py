@@ -52,7 +52,7 @@ __all__ = ["LowRankDecoder", "MVAEConfig", "LossTerms", "Posterior", "FactoredPo
            "MultinomialVAEModule", "OBJECTIVES", "POSTERIORS"]
 
 OBJECTIVES = ("marginal", "sampled")
-RECONSTRUCTIONS = ("mc", "bound")
+RECONSTRUCTIONS = ("mc", "bound", "mixed")
 POSTERIORS = ("lowrank", "full", "hybrid", "factored")
 
 
@@ -193,8 +193,9 @@ class MultinomialVAEModule(LowRankDecoder):
         if config.reconstruction not in RECONSTRUCTIONS:
             raise ValueError(f"reconstruction={config.reconstruction!r}; choose one of "
                              f"{RECONSTRUCTIONS}")
-        if config.reconstruction == "bound" and config.objective != "marginal":
-            raise ValueError("reconstruction='bound' needs objective='marginal'")
+        if config.reconstruction != "mc" and config.objective != "marginal":
+            raise ValueError(f"reconstruction={config.reconstruction!r} needs "
+                             "objective='marginal'")
         if config.posterior not in POSTERIORS:
             raise ValueError(f"posterior={config.posterior!r}; choose one of {POSTERIORS}")
         marginal = config.objective == "marginal"
@@ -324,27 +325,40 @@ class MultinomialVAEModule(LowRankDecoder):
         ``counts`` is a (B, D) tensor or a :class:`mvae.data.CountBatch` (which carries the
         multinomial constant so it is not recomputed at every step). ``reconstruction``
         overrides the configured estimator of the expected log-likelihood (``"mc"``: Monte
-        Carlo with ``n_samples`` draws; ``"bound"``: the Jensen bound, marginal objective only).
+        Carlo with ``n_samples`` draws; ``"bound"``: the Jensen bound; ``"mixed"``: draws for the
+        non-zero counts and the bound over the zeros; the last two for the marginal objective).
         """
         counts, log_const = _unpack(counts)
         S = n_samples or self.config.n_mc_samples
-        bound = (reconstruction or self.config.reconstruction) == "bound"
+        estimator = reconstruction or self.config.reconstruction
+        bound = estimator == "bound"
         post = self._encode(counts)
         # logits ℓ = mean + ε·std; the likelihood and its gradient in one hand-written function
         if self.config.objective == "marginal":
-            if isinstance(post, FactoredPosterior):  # fused and chunked: no (B, D) posterior
-                eps = None if bound else _randn((S, *post.y.shape), post.left, generator)
+            if isinstance(post, FactoredPosterior):
+                # fused and chunked: no (B, D) posterior; "mixed" draws at the non-zeros only
+                sparse_mixed = estimator == "mixed" and counts.is_sparse
+                eps = (None if bound else
+                       _randn((S, counts._nnz()), post.left, generator) if sparse_mixed
+                       else _randn((S, *post.y.shape), post.left, generator))
                 recon = factored_multinomial_log_prob(
                     post.left, post.right, post.bias + post.shift, post.skip, post.log_scale,
-                    post.feature_log_var, post.skip_log_var, post.y, counts, eps, log_const)
+                    post.feature_log_var, post.skip_log_var, post.y, counts, eps, log_const,
+                    mixed=estimator == "mixed")
                 return LossTerms(reconstruction=recon if eps is None else recon.mean(0),
                                  kl=post.kl(self.prior()))
+            kl = kl_diag_to_lowrank(post.mean, post.log_var, self.prior())
+            if estimator == "mixed":  # ℓ = m + v/2 at the zeros, m + ε √v at the non-zeros
+                observed = _observed(counts)
+                mean = post.mean + torch.where(observed, 0.0, 0.5 * post.log_var.exp())
+                std = torch.where(observed, torch.exp(0.5 * post.log_var), 0.0)
+                eps = _randn((S, *post.mean.shape), post.mean, generator)
+                recon = gaussian_multinomial_log_prob(mean, std, eps, counts, log_const).mean(0)
+                return LossTerms(reconstruction=recon, kl=kl)
             if bound:
-                kl = kl_diag_to_lowrank(post.mean, post.log_var, self.prior())
                 recon = multinomial_log_prob_bound(post.mean, post.log_var.exp(), counts,
                                                    log_const)
                 return LossTerms(reconstruction=recon, kl=kl)
-            kl = kl_diag_to_lowrank(post.mean, post.log_var, self.prior())
             eps = _randn((S, *post.mean.shape), post.mean, generator)
             mean, std = post.mean, torch.exp(0.5 * post.log_var)  # (B, D) each
         else:
@@ -370,6 +384,16 @@ def _add_per_feature(out: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -
         return out.addcmul(y, weight)
     rows, cols = y.indices()
     return out.index_put_((rows, cols), weight[cols] * y.values(), accumulate=True)
+
+
+def _observed(counts: torch.Tensor) -> torch.Tensor:
+    """(B, D) boolean mask of the non-zero counts, for dense or sparse COO counts."""
+    if not counts.is_sparse:
+        return counts > 0
+    rows, cols = counts.coalesce().indices()
+    mask = torch.zeros(counts.shape, dtype=torch.bool, device=counts.device)
+    mask[rows, cols] = True
+    return mask
 
 
 def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
