@@ -269,10 +269,11 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
               help="Parametrisation of the marginal objective's posterior over the D logits "
                    "(docs/model.md §4): factored is about twice as fast as full at D >= 20,000 "
                    "and as accurate on the simulation benchmark; lowrank is the least accurate.")
-@click.option("--reconstruction", default="mc", type=click.Choice(["mc", "bound"]),
+@click.option("--reconstruction", default="mc", type=click.Choice(["mc", "mixed", "bound"]),
               help="Estimator of the expected log-likelihood with the marginal objective: "
-                   "Monte Carlo draws (mc) or the deterministic Jensen bound (bound; faster, no "
-                   "(B, D) random numbers).")
+                   "Monte Carlo draws (mc); draws for the observed features and the Jensen bound "
+                   "over the zero counts (mixed; faster on wide sparse tables); or the bound "
+                   "everywhere (bound; deterministic, no (B, D) random numbers).")
 @click.option("--basis", default=None, type=click.Choice(["helmert", "balanced", "tree"]),
               help="ILR basis of loadings_ilr.tsv [default: tree when --tree is given, else "
                    "helmert].")
@@ -331,8 +332,8 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
     temporary sibling and renamed into place at the end.
     """
     _check_verbosity(quiet, verbose)
-    if reconstruction == "bound" and objective != "marginal":
-        raise click.UsageError("--reconstruction bound needs --objective marginal.")
+    if reconstruction != "mc" and objective != "marginal":
+        raise click.UsageError(f"--reconstruction {reconstruction} needs --objective marginal.")
     if basis is None:
         basis = "tree" if tree is not None else "helmert"
     if basis == "tree" and tree is None:

@@ -71,11 +71,14 @@ class MultinomialVAE:
         all four on simulations and the real tables: benchmarks/results/posteriors/.
     posterior_rank : int
         r, the width of the ``factored`` posterior's mean factor (default 32).
-    reconstruction : {"mc", "bound"}
+    reconstruction : {"mc", "mixed", "bound"}
         Estimator of E_q[log p(x | ℓ)] in the ``marginal`` ELBO: ``mc`` reparameterised Monte
         Carlo draws (``n_mc_samples`` per sample and step); ``bound`` the deterministic Jensen
         bound x·m − N log Σ_d exp(m_d + v_d/2), a lower bound of the same ELBO that needs no
-        (B, D) random numbers (faster; as accurate on the simulations, see docs/model.md §5).
+        (B, D) random numbers; ``mixed`` draws for the non-zero counts and the bound over the
+        zeros, a lower bound between the two that draws only nnz numbers for a sparse table.
+        ``bound`` and ``mixed`` are faster on wide sparse tables and slightly less accurate on
+        the simulations (docs/model.md §5).
     basis : {"helmert", "balanced", "tree"}
         ILR basis used to report loadings and covariances in balance coordinates. Training does not
         depend on it (it runs in clr coordinates).
