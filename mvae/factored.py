@@ -9,9 +9,10 @@ The ``factored`` and ``lowrank`` posteriors of :mod:`mvae.modules.mvae` are
 
 for the (B, D) log-ratio input y, P (B, r) from the encoder, Q (D, r) and β, a, f, g per feature,
 t per sample. The expected log-likelihood :math:`E_q \\log \\operatorname{Mult}(x \\mid
-\\operatorname{softmax}\\ell)` is estimated either by Monte Carlo at :math:`\\ell = m + \\varepsilon
-\\odot v^{1/2}` or by the deterministic Jensen bound :math:`x^\\top m - N \\log \\sum_d e^{m_d + v_d/2}`
-(see :func:`mvae.likelihoods.multinomial_log_prob_bound`).
+\\operatorname{softmax}\\ell)` is estimated by Monte Carlo at :math:`\\ell = m + \\varepsilon
+\\odot v^{1/2}`, by the deterministic Jensen bound :math:`x^\\top m - N \\log \\sum_d e^{m_d + v_d/2}`
+(see :func:`mvae.likelihoods.multinomial_log_prob_bound`), or by draws at the non-zero counts
+and the bound over the zeros (``mixed``, docs/model.md §5).
 
 Written with separate torch operations, this is a few dozen passes over (B, D) buffers per step
 (m, v, the logits, their exponentials and as many for the gradients) and at D = 20,000 each

@@ -516,7 +516,6 @@ class _DiagLowRankQuadratic(torch.autograd.Function):
         return grad_mean, grad_log_var, grad_bias, grad_whitened, grad_s2
 
 
-
 def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
                            skip: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor,
                            feature_log_var: torch.Tensor, skip_log_var: torch.Tensor,
