@@ -6,8 +6,9 @@ Usage::
 
 ``full`` (H → D heads for mean and variance), ``hybrid`` (the H → D mean head; the variance is
 a per-sample scalar plus per-feature terms), ``lowrank`` (mean through W̃), ``factored`` (mean
-through a (D, r) factor of its own, the ``hybrid`` variance) and ``factored+bound`` (the same
-with the Jensen bound in place of Monte Carlo draws) are fitted with otherwise default settings
+through a (D, r) factor of its own, the ``hybrid`` variance), ``factored+bound`` (the same
+with the Jensen bound in place of Monte Carlo draws) and ``factored+mixed`` (draws at the
+non-zero counts, the bound over the zeros) are fitted with otherwise default settings
 (one torch thread each) to
 
 - simulations ``simulate(1000, 200, 10)`` in three sparsity regimes (10,000 reads, spread 0.5;
@@ -30,8 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-# (posterior, reconstruction) pairs; "factored+bound" is the factored posterior with the Jensen
-# bound on the log-normaliser instead of Monte Carlo draws
+# (posterior, reconstruction) pairs (docs/model.md §4-5)
 VARIANTS = {"full": ("full", "mc"), "hybrid": ("hybrid", "mc"), "lowrank": ("lowrank", "mc"),
             "factored": ("factored", "mc"), "factored+bound": ("factored", "bound"),
             "factored+mixed": ("factored", "mixed")}

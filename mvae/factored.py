@@ -224,7 +224,7 @@ class _FactoredLikelihood(torch.autograd.Function):
             out[:, i0:i1] = dot - N * (top + total.log()).squeeze(-1)
             torch.mul(lg, -N[:, None] / total, out=soft[:, i0:i1])
         ctx.save_for_backward(soft, left, right, base, skip, t, f, g, eps)
-        ctx.y, ctx.counts, ctx.rows_per, ctx.mode = y, counts, rows_per, mode
+        ctx.blocks, ctx.mode = blocks, mode
         return out if eps is not None else out[0]
 
     @staticmethod
@@ -238,7 +238,7 @@ class _FactoredLikelihood(torch.autograd.Function):
         grads = dict(left=torch.empty_like(left), right=torch.zeros_like(right),
                      base=torch.zeros_like(base), skip=torch.zeros_like(skip),
                      t=torch.empty_like(t), f=torch.zeros_like(f), g=torch.zeros_like(g))
-        for blk in _blocks(ctx.counts, ctx.y, ctx.rows_per):
+        for blk in ctx.blocks:
             i0, i1 = blk.i0, blk.i1
             gn = soft[:, i0:i1] * go[:, i0:i1, None]  # ∂/∂ℓ of the normaliser, (S, c, D)
             gm = gn.sum(0) if gn.shape[0] > 1 else gn[0]  # (c, D), fresh

@@ -626,9 +626,10 @@ class MultinomialVAE:
         """Per-sample negative ELBO in nats (higher = more anomalous), shape (n,).
 
         Monte Carlo estimate with ``n_samples`` draws and noise fixed by the model's seed, so repeated
-        calls agree (also for a model trained with ``reconstruction="bound"``: the scores of all
-        models are estimates of the same ELBO). Divide by the sample's depth for a per-read score. ``X`` may also be a
-        :class:`~mvae.streaming.StreamingCounts` with the model's features (read chunk by chunk).
+        calls agree, whatever ``reconstruction`` the model was trained with (the scores of all
+        models estimate the same ELBO). Divide by the sample's depth for a per-read score. ``X``
+        may also be a :class:`~mvae.streaming.StreamingCounts` with the model's features (read
+        chunk by chunk).
         """
         import torch
 

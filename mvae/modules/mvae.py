@@ -128,13 +128,10 @@ class FactoredPosterior:
 
     def dense(self) -> Posterior:
         """The (B, D) mean and log-variance, with the y-terms added at the non-zeros only."""
-        log_var = self.log_scale[:, None] + self.feature_log_var  # (B, 1) + (D,) -> (B, D)
-        return Posterior(self.dense_mean(), _add_per_feature(log_var, self.y, self.skip_log_var))
-
-    def dense_mean(self) -> torch.Tensor:
-        """The (B, D) mean b̃ + s + PQᵀ + a ⊙ y."""
         mean = torch.addmm(self.bias + self.shift, self.left, self.right.T)  # (B, D)
-        return _add_per_feature(mean, self.y, self.skip)
+        log_var = self.log_scale[:, None] + self.feature_log_var  # (B, 1) + (D,) -> (B, D)
+        return Posterior(_add_per_feature(mean, self.y, self.skip),
+                         _add_per_feature(log_var, self.y, self.skip_log_var))
 
     def kl(self, prior: LowRankPrior) -> torch.Tensor:
         """KL(q ‖ prior) per sample, (B,), from the parts (``prior.bias`` must be ``bias``)."""
