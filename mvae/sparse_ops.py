@@ -28,13 +28,23 @@ def to_csr(y: torch.Tensor) -> torch.Tensor:
 
 
 def transpose_csr(y: torch.Tensor) -> torch.Tensor:
-    """yᵀ of a sparse COO tensor, in CSR layout (kept on ``y`` like :func:`to_csr`: the
-    transpose costs a sort of the non-zeros, 2.3 ms at D = 20,000, 2%, batch 128)."""
+    """yᵀ of a coalesced sparse COO tensor, in CSR layout (kept on ``y`` like :func:`to_csr`).
+
+    A coalesced y is sorted by (row, column), so a stable sort of the column indices alone puts
+    the non-zeros in (column, row) order, which is yᵀ's CSR order; the row pointers are a
+    cumulative count of the columns. ``y.t().coalesce()`` sorts on a combined key instead: 2.7
+    against 1.1 ms at D = 20,000, 2%, batch 128."""
     cached = getattr(y, "_mvae_csr_t", None)
     if cached is None:
+        yc = y if y.is_coalesced() else y.coalesce()
+        rows, cols = yc.indices()
+        order = torch.argsort(cols, stable=True)
+        indptr = cols.new_zeros(y.shape[1] + 1)
+        torch.cumsum(torch.bincount(cols, minlength=y.shape[1]), 0, out=indptr[1:])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            cached = y.t().coalesce().to_sparse_csr()
+            cached = torch.sparse_csr_tensor(indptr, rows[order], yc.values()[order],
+                                             (y.shape[1], y.shape[0]), check_invariants=False)
         y._mvae_csr_t = cached
     return cached
 
