@@ -21,6 +21,8 @@ normaliser :math:`N \\operatorname{logsumexp}(\\ell)` always runs over all D log
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = [
@@ -384,8 +386,12 @@ class LowRankPrior:
         eye = torch.eye(k, dtype=loadings.dtype, device=loadings.device)
         gram = loadings.T @ loadings  # (k, D) @ (D, k) -> (k, k)
         self.chol = torch.linalg.cholesky(gram + noise_variance * eye)  # C = L Lᵀ
-        # U = W L^{-T}, so that W C^{-1} Wᵀ = U Uᵀ
-        self.whitened = torch.linalg.solve_triangular(self.chol, loadings.T, upper=False).T  # (D, k)
+
+    @functools.cached_property
+    def whitened(self) -> torch.Tensor:
+        """U = W L⁻ᵀ, (D, k), so that W C⁻¹ Wᵀ = U Uᵀ: a (D, k) solve, made only when asked for
+        (the factored posterior's KL does without it)."""
+        return torch.linalg.solve_triangular(self.chol, self.loadings.T, upper=False).T
 
     @property
     def n_features(self) -> int:
@@ -532,10 +538,10 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
 
     P (B, m) per sample, Q (D, m), s, a, f, g per feature, t per sample and y (B, D) a dense or
     sparse input. Expanding :math:`\\lVert\\delta\\rVert^2`, :math:`U^\\top\\delta` and
-    :math:`v^\\top(1 - \\lambda)` (see :func:`kl_diag_to_lowrank`) leaves (m, m), (m, k) and
-    (D,)-sized sums plus one product of y with the (D, m + k + 2) matrix
-    :math:`[aQ, aU, a s, g]` and sums over the non-zeros of y: O(D (m + k)² + nnz (m + k)) per
-    step instead of a dozen passes over (B, D) buffers and their gradients.
+    :math:`v^\\top(1 - \\lambda)` (see :func:`kl_diag_to_lowrank`) leaves the Gram matrix of
+    :math:`[Q, W, s]`, the leverages :math:`\\lambda`, one product of y with the (D, m + k + 2)
+    matrix :math:`[aQ, aW, a s, g]` and sums over the non-zeros of y: O(D (m + k)² + nnz (m + k))
+    per step instead of a dozen passes over (B, D) buffers and their gradients.
 
     Parameters
     ----------
@@ -580,14 +586,20 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
 
     D, k = prior.loadings.shape
     m = right.shape[1]
-    U = prior.whitened  # (D, k), W C⁻¹ Wᵀ = U Uᵀ
-    keep = 1.0 - U.pow(2).sum(-1)  # (D,) 1 − leverage
-    base_var = feature_log_var.exp() * keep  # (D,) e^f (1 − λ)
-    # the y-terms of Qᵀδ, Uᵀδ, sᵀδ and Σ log v in one product: (B, D) @ (D, m + k + 2)
-    cols = torch.cat([right * skip[:, None], U * skip[:, None],
-                      (skip * shift)[:, None], skip_log_var[:, None]], dim=1)
+    W = prior.loadings
+    # Every D-wide inner product of the mean's parts is an entry of one Gram matrix: one
+    # (D, m + k + 1) pass forward and one back, where separate thin products were a dozen
+    M = torch.cat([right, W, shift[:, None]], dim=1)  # (D, m + k + 1) [Q, W, s]
+    G = M.T @ M
+    QQ, QW, Qs = G[:m, :m], G[:m, m:m + k], G[:m, -1]
+    Ws, ss = G[m:m + k, -1], G[-1, -1]
+    # leverage λ_d = w_dᵀ C⁻¹ w_d = ‖U_d‖², C = σ²I + WᵀW = LLᵀ
+    lever = ((W @ torch.cholesky_inverse(prior.chol)) * W).sum(-1)  # (D,)
+    base_var = feature_log_var.exp() * (1.0 - lever)  # (D,) e^f (1 − λ)
+    # the y-terms of Qᵀδ, Wᵀδ, sᵀδ and Σ log v in one product: (B, D) @ (D, m + k + 2)
+    cols = torch.cat([M * skip[:, None], skip_log_var[:, None]], dim=1)  # [aQ, aW, a s, g]
     yM = sparse_dense_mm(y, cols)  # (B, m + k + 2)
-    yQ, yU, ys, yg = yM[:, :m], yM[:, m:m + k], yM[:, m + k], yM[:, m + k + 1]
+    yQ, yW, ys, yg = yM[:, :m], yM[:, m:m + k], yM[:, m + k], yM[:, m + k + 1]
     if y.is_sparse:
         rows, idx, vals = _coo_parts(y)
         vals = vals.to(right.dtype)
@@ -599,12 +611,12 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
     else:
         y_sq = y.pow(2) @ skip.pow(2)  # (B,)
         var_sum = torch.exp(y * skip_log_var) @ base_var  # (B,)
-    # ‖δ‖² = ‖s‖² + P G Pᵀ + 2 P Qᵀs + ‖a y‖² + 2 (a y)ᵀs + 2 P Qᵀ(a y), G = QᵀQ
-    gram = right.T @ right  # (m, m)
-    q_shift = right.T @ shift  # (m,)
-    delta_sq = (shift @ shift + ((left @ gram) * left).sum(-1) + 2.0 * (left @ q_shift)
+    # ‖δ‖² = ‖s‖² + P QᵀQ Pᵀ + 2 P Qᵀs + ‖a y‖² + 2 (a y)ᵀs + 2 P Qᵀ(a y)
+    delta_sq = (ss + ((left @ QQ) * left).sum(-1) + 2.0 * (left @ Qs)
                 + y_sq + 2.0 * ys + 2.0 * (left * yQ).sum(-1))  # (B,)
-    proj = (U.T @ shift) + left @ (right.T @ U) + yU  # (B, k) Uᵀδ
+    # Uᵀδ = L⁻¹ Wᵀδ, U = W L⁻ᵀ
+    w_delta = Ws + left @ QW + yW  # (B, k) Wᵀδ
+    proj = torch.linalg.solve_triangular(prior.chol, w_delta.T, upper=False)  # (k, B)
     log_var_sum = D * log_scale + feature_log_var.sum() + yg  # (B,) Σ_d log v_bd
-    quad = (var_sum * log_scale.exp() + delta_sq - proj.pow(2).sum(-1)) / prior.noise_variance
+    quad = (var_sum * log_scale.exp() + delta_sq - proj.pow(2).sum(0)) / prior.noise_variance
     return 0.5 * (quad - log_var_sum - D + prior.logdet())
