@@ -269,11 +269,13 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
               help="Parametrisation of the marginal objective's posterior over the D logits "
                    "(docs/model.md §4): factored is about twice as fast as full at D >= 20,000 "
                    "and as accurate on the simulation benchmark; lowrank is the least accurate.")
-@click.option("--reconstruction", default="mc", type=click.Choice(["mc", "mixed", "bound"]),
+@click.option("--reconstruction", default="auto",
+              type=click.Choice(["auto", "mc", "mixed", "bound"]),
               help="Estimator of the expected log-likelihood with the marginal objective: "
                    "Monte Carlo draws (mc); draws for the observed features and the Jensen bound "
-                   "over the zero counts (mixed; faster on wide sparse tables); or the bound "
-                   "everywhere (bound; deterministic, no (B, D) random numbers).")
+                   "over the zero counts (mixed; faster on wide sparse tables); the bound "
+                   "everywhere (bound; deterministic, no (B, D) random numbers); or auto: mixed "
+                   "for tables kept sparse (density below 5%), mc otherwise.")
 @click.option("--basis", default=None, type=click.Choice(["helmert", "balanced", "tree"]),
               help="ILR basis of loadings_ilr.tsv [default: tree when --tree is given, else "
                    "helmert].")
@@ -332,7 +334,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
     temporary sibling and renamed into place at the end.
     """
     _check_verbosity(quiet, verbose)
-    if reconstruction != "mc" and objective != "marginal":
+    if reconstruction in ("mixed", "bound") and objective != "marginal":
         raise click.UsageError(f"--reconstruction {reconstruction} needs --objective marginal.")
     if basis is None:
         basis = "tree" if tree is not None else "helmert"

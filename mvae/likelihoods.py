@@ -522,6 +522,28 @@ class _DiagLowRankQuadratic(torch.autograd.Function):
         return grad_mean, grad_log_var, grad_bias, grad_whitened, grad_s2
 
 
+class _ExpWeightedSum(torch.autograd.Function):
+    """:math:`\\sum_d w_d\\, e^{g_d y_{bd}}` per row, for a dense constant y (B, D), with the
+    gradients by hand: :math:`\\partial/\\partial w = E^\\top c` and
+    :math:`\\partial/\\partial g = w \\odot (y \\odot E)^\\top c`, E the saved exponentials, c the
+    upstream gradient. Autograd made four (B, D) passes back; this makes one."""
+
+    @staticmethod
+    def forward(ctx, y, g, w):
+        expo = torch.exp(y * g)  # (B, D)
+        ctx.save_for_backward(y, expo, w)
+        return expo @ w
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        y, expo, w = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad_g = w * ((y * expo).T @ grad_out) if need[1] else None
+        grad_w = expo.T @ grad_out if need[2] else None
+        return None, grad_g, grad_w
+
+
 def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
                            skip: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor,
                            feature_log_var: torch.Tensor, skip_log_var: torch.Tensor,
@@ -610,7 +632,7 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
         y_sq, var_sum = sums[0], base_var.sum() + sums[1]  # (B,) each
     else:
         y_sq = y.pow(2) @ skip.pow(2)  # (B,)
-        var_sum = torch.exp(y * skip_log_var) @ base_var  # (B,)
+        var_sum = _ExpWeightedSum.apply(y, skip_log_var, base_var)  # (B,) Σ_d e^{g y} e^f (1 − λ)
     # ‖δ‖² = ‖s‖² + P QᵀQ Pᵀ + 2 P Qᵀs + ‖a y‖² + 2 (a y)ᵀs + 2 P Qᵀ(a y)
     delta_sq = (ss + ((left @ QQ) * left).sum(-1) + 2.0 * (left @ Qs)
                 + y_sq + 2.0 * ys + 2.0 * (left * yQ).sum(-1))  # (B,)

@@ -20,11 +20,12 @@ BASES = {
 }
 
 
-def _module(D, k, objective, depth=2, seed=0, pseudocount=0.5, posterior="lowrank"):
+def _module(D, k, objective, depth=2, seed=0, pseudocount=0.5, posterior="lowrank",
+            reconstruction="mc"):
     torch.manual_seed(seed)
     cfg = MVAEConfig(n_features=D, n_latent=k, n_hidden=6, encoder_depth=depth,
                      pseudocount=pseudocount, objective=objective, n_mc_samples=2,
-                     posterior=posterior, posterior_rank=4)
+                     posterior=posterior, posterior_rank=4, reconstruction=reconstruction)
     m = MultinomialVAEModule(cfg).double()
     rng = np.random.default_rng(seed)
     with torch.no_grad():  # move away from the symmetric initial state
@@ -234,6 +235,26 @@ def test_clr_linear_loads_the_earlier_weight_layout():
     new.load_state_dict(state)
     y = torch.tensor(rng.poisson(2.0, size=(4, 7)), dtype=torch.float64)
     np.testing.assert_array_equal(new(y).detach(), old(y).detach())
+
+
+@pytest.mark.parametrize("objective", ["marginal", "sampled"])
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_auto_reconstruction_is_mixed_for_sparse_marginal_batches_only(objective, layout):
+    """The default estimator: the same draws and value as 'mixed' for a sparse batch under the
+    marginal objective, as 'mc' for a dense batch or the sampled objective."""
+    D, k = 9, 3
+    posterior = "factored" if objective == "marginal" else "lowrank"
+    m = _module(D, k, objective, posterior=posterior, reconstruction="auto")
+    counts = _counts(D)
+    x = counts.to_sparse() if layout == "sparse" else counts
+    expected = "mixed" if (objective, layout) == ("marginal", "sparse") else "mc"
+    got, want, other = (m.loss(x, generator=torch.Generator().manual_seed(3), reconstruction=r)
+                        .reconstruction.detach().numpy()
+                        for r in (None, expected, "mc" if expected == "mixed" else None))
+    np.testing.assert_array_equal(got, want)
+    if expected == "mixed":  # and it is not the Monte Carlo estimate
+        assert not np.allclose(got, other)
+    assert MVAEConfig(n_features=D).reconstruction == "auto"
 
 
 @pytest.mark.parametrize("posterior", ["factored", "full"])
