@@ -30,7 +30,7 @@ from pathlib import Path
 CASES = [  # (D, density, n_samples, epochs)
     (200, None, 4096, 3),
     (2_000, None, 4096, 2),
-    (20_000, 0.02, 2048, 1),
+    (20_000, 0.02, 4096, 1),  # 32 steps: 16 left the rounds 15% apart
     (100_000, 0.01, 1024, 1),
 ]
 SMOKE = [(200, None, 512, 1), (2_000, 0.02, 512, 1)]

@@ -20,8 +20,10 @@ buffer is 10 MB: the step is limited by memory traffic and by the page faults of
 allocations, not by arithmetic. :func:`factored_multinomial_log_prob` instead works through
 blocks of rows small enough to stay in cache, forms m and v only block by block, and computes
 every gradient by hand from one saved (B, D) buffer, :math:`\\partial/\\partial\\ell` of the
-log-normaliser. For sparse counts the variance is an outer product off the non-zeros, so its
-gradient is two matrix-vector products per block.
+log-normaliser, besides the draws (for dense counts the noise :math:`\\varepsilon \\odot v^{1/2}`
+is kept in place of ε, which gives the variance's gradient without forming v again). For sparse
+counts the variance is an outer product off the non-zeros, so its gradient is two matrix-vector
+products per block.
 """
 
 from __future__ import annotations
@@ -182,7 +184,10 @@ class _FactoredLikelihood(torch.autograd.Function):
         power = 0.5 if mode == "mc" else 1.0  # ε ⊙ v^{1/2}, or v / 2 inside the bound
         blocks = _blocks(counts, y, rows_per)
         out = left.new_empty(S, B)
-        soft = left.new_empty(S, B, D)  # −N softmax(ℓ) per block: the one saved (B, D) buffer
+        soft = left.new_empty(S, B, D)  # −N softmax(ℓ) per block, saved for the backward pass
+        # dense Monte Carlo: the noise ε ⊙ v^{1/2} is kept in place of ε, so that the backward
+        # pass gets ∂/∂log v from it without forming v again
+        noise = left.new_empty(S, B, D) if mode == "mc" and not counts.is_sparse else None
         for blk in blocks:
             i0, i1 = blk.i0, blk.i1
             m = _mean_block(blk, left, right, base, skip)  # (c, D)
@@ -195,7 +200,7 @@ class _FactoredLikelihood(torch.autograd.Function):
                     lg[:, blk.rows, blk.cols] += (e[:, blk.rows, blk.cols]
                                                   * (A[blk.rows] * C[blk.cols] * (R - 1.0)))
                 else:
-                    lg = torch.addcmul(m, e, sc)
+                    lg = torch.mul(e, sc, out=noise[:, i0:i1]).add(m)
                 dot = _row_dot(blk, lg)  # x·ℓ, (S, c)
             elif mode == "mixed" and blk.sparse:  # v/2 at the zeros, ε v^{1/2} at the non-zeros
                 A, C, R = sc
@@ -223,7 +228,8 @@ class _FactoredLikelihood(torch.autograd.Function):
             N = depth[i0:i1]
             out[:, i0:i1] = dot - N * (top + total.log()).squeeze(-1)
             torch.mul(lg, -N[:, None] / total, out=soft[:, i0:i1])
-        ctx.save_for_backward(soft, left, right, base, skip, t, f, g, eps)
+        ctx.save_for_backward(soft, left, right, base, skip, t, f, g,
+                              eps if noise is None else noise)
         ctx.blocks, ctx.mode = blocks, mode
         return out if eps is not None else out[0]
 
@@ -241,22 +247,29 @@ class _FactoredLikelihood(torch.autograd.Function):
         for blk in ctx.blocks:
             i0, i1 = blk.i0, blk.i1
             gn = soft[:, i0:i1] * go[:, i0:i1, None]  # ∂/∂ℓ of the normaliser, (S, c, D)
-            gm = gn.sum(0) if gn.shape[0] > 1 else gn[0]  # (c, D), fresh
             x_go = go_sum[i0:i1]  # ∂/∂ℓ of x·ℓ is x (times the upstream gradient)
+            if mode == "mc" and not blk.sparse:
+                # ∂/∂ℓ per draw with the x part, then ∂/∂log v = ½ Σ_s ∂ℓ ⊙ ε v^{1/2} from the
+                # saved noise (``eps`` holds ε ⊙ v^{1/2} here)
+                g_ell = gn.addcmul_(blk.x, go[:, i0:i1, None])
+                noise = eps[:, i0:i1]
+                _dense_log_var_grads(blk, (g_ell * noise).sum(0) if g_ell.shape[0] > 1
+                                     else g_ell[0] * noise[0], 0.5, grads)
+                gm = g_ell.sum(0) if g_ell.shape[0] > 1 else g_ell[0]
+                _mean_grads(blk, gm, left, right, grads)
+                continue
+            gm = gn.sum(0) if gn.shape[0] > 1 else gn[0]  # (c, D), fresh
             # the variance's gradient through v^power: MC Σ_s ∂ℓ ⊙ ε (x part included),
             # bound ½ ∂/∂(m + v/2) of the normaliser only (x·m does not see v)
             if mode == "mixed":
                 e = eps[:, blk.lo:blk.hi] if blk.sparse else eps[:, i0:i1]
                 _mixed_scale_grads(blk, gn, gm, go[:, i0:i1], e, t, f, g, grads)
-            elif mode == "mc":
+            elif mode == "mc":  # sparse
                 e = eps[:, i0:i1]
                 gv = (gn * e).sum(0) if gn.shape[0] > 1 else gn[0] * e[0]
                 half = 1.0
-                if blk.sparse:
-                    gv[blk.rows, blk.cols] += (e[:, blk.rows, blk.cols]
-                                               * go[:, i0:i1][:, blk.rows]).sum(0) * blk.x
-                else:
-                    gv.addcmul_(blk.x, (e * go[:, i0:i1, None]).sum(0))
+                gv[blk.rows, blk.cols] += (e[:, blk.rows, blk.cols]
+                                           * go[:, i0:i1][:, blk.rows]).sum(0) * blk.x
             else:
                 gv, half = gm, 0.5
             if mode != "mixed":
@@ -265,17 +278,31 @@ class _FactoredLikelihood(torch.autograd.Function):
                 gm.index_put_((blk.rows, blk.cols), blk.x * x_go[blk.rows], accumulate=True)
             else:
                 gm.addcmul_(blk.x, x_go[:, None])
-            grads["left"][i0:i1] = gm @ right  # (c, D) @ (D, r)
-            grads["right"].addmm_(gm.T, left[i0:i1])  # (D, c) @ (c, r)
-            grads["base"] += gm.sum(0)
-            if blk.sparse:
-                grads["skip"].index_add_(0, blk.cols, gm[blk.rows, blk.cols] * blk.y)
-            else:
-                grads["skip"] += torch.linalg.vecdot(gm.T, blk.y.T)
+            _mean_grads(blk, gm, left, right, grads)
         need = ctx.needs_input_grad
         names = ("left", "right", "base", "skip", "t", "f", "g")
         return (*[grads[n] if need[i] else None for i, n in enumerate(names)],
                 None, None, None, None, None, None)
+
+
+def _mean_grads(blk, gm, left, right, grads):
+    """Add the gradients of P, Q, β and a from gm = ∂/∂m for the block's rows, (c, D)."""
+    i0, i1 = blk.i0, blk.i1
+    grads["left"][i0:i1] = gm @ right  # (c, D) @ (D, r)
+    grads["right"].addmm_(gm.T, left[i0:i1])  # (D, c) @ (c, r)
+    grads["base"] += gm.sum(0)
+    if blk.sparse:
+        grads["skip"].index_add_(0, blk.cols, gm[blk.rows, blk.cols] * blk.y)
+    else:
+        grads["skip"] += torch.linalg.vecdot(gm.T, blk.y.T)
+
+
+def _dense_log_var_grads(blk, q, scale, grads):
+    """Add the gradients of t, f and g for a dense block from q, where ``scale`` · q =
+    ∂/∂log v, (c, D)."""
+    grads["t"][blk.i0:blk.i1] = scale * q.sum(1)
+    grads["f"] += scale * q.sum(0)
+    grads["g"] += scale * torch.linalg.vecdot(q.T, blk.y.T)
 
 
 def _row_dot(blk, lg):
@@ -329,7 +356,4 @@ def _scale_grads(blk, gv, scale, t, f, g, power, grads):
         grads["f"] += scale * C * by_col
         grads["g"].index_add_(0, blk.cols, scale * gv_nz * A[blk.rows] * C[blk.cols] * R * blk.y)
     else:
-        q = gv * _scale_block(blk, t, f, g, power)  # (c, D)
-        grads["t"][i0:i1] = scale * q.sum(1)
-        grads["f"] += scale * q.sum(0)
-        grads["g"] += scale * torch.linalg.vecdot(q.T, blk.y.T)
+        _dense_log_var_grads(blk, gv * _scale_block(blk, t, f, g, power), scale, grads)

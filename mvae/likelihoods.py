@@ -522,6 +522,22 @@ class _DiagLowRankQuadratic(torch.autograd.Function):
         return grad_mean, grad_log_var, grad_bias, grad_whitened, grad_s2
 
 
+class _Gram(torch.autograd.Function):
+    """:math:`M^\\top M` with the gradient :math:`M(\\bar G + \\bar G^\\top)` as one product
+    (autograd's matmul backward makes two, one per operand: 1 ms more at D = 20,000)."""
+
+    @staticmethod
+    def forward(ctx, M):
+        ctx.save_for_backward(M)
+        return M.T @ M
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (M,) = ctx.saved_tensors
+        return M @ (grad + grad.T)
+
+
 class _ExpWeightedSum(torch.autograd.Function):
     """:math:`\\sum_d w_d\\, e^{g_d y_{bd}}` per row, for a dense constant y (B, D), with the
     gradients by hand: :math:`\\partial/\\partial w = E^\\top c` and
@@ -612,7 +628,7 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
     # Every D-wide inner product of the mean's parts is an entry of one Gram matrix: one
     # (D, m + k + 1) pass forward and one back, where separate thin products were a dozen
     M = torch.cat([right, W, shift[:, None]], dim=1)  # (D, m + k + 1) [Q, W, s]
-    G = M.T @ M
+    G = _Gram.apply(M)
     QQ, QW, Qs = G[:m, :m], G[:m, m:m + k], G[:m, -1]
     Ws, ss = G[m:m + k, -1], G[-1, -1]
     # leverage λ_d = w_dᵀ C⁻¹ w_d = ‖U_d‖², C = σ²I + WᵀW = LLᵀ
