@@ -781,7 +781,8 @@ def _model_summary(path: Path) -> dict:
         "hidden": int(model.n_hidden),
         "objective": model.objective,
         "posterior": model.posterior if model.objective == "marginal" else None,
-        "reconstruction": model.reconstruction,
+        "reconstruction": (model.reconstruction if model.reconstruction != "auto"  # what ran:
+                           else f"auto ({model.module_.config.reconstruction})"),
         "pseudocount": float(model.pseudocount),
         "basis": model.basis,
         "parameters": n_params,

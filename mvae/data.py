@@ -46,6 +46,12 @@ class CountData:
     dtype : torch.dtype
     sparse : bool or None
         Keep sparse on the device; ``None`` decides from the density.
+
+    Attributes
+    ----------
+    density : float
+        Fraction of non-zero entries.
+    sparse : bool
     """
 
     def __init__(self, X, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -53,8 +59,8 @@ class CountData:
         csr = sp.csr_matrix(X)
         csr.sort_indices()
         self.n_samples, self.n_features = csr.shape
-        density = csr.nnz / max(1, self.n_samples * self.n_features)
-        self.sparse = density < SPARSE_DENSITY if sparse is None else bool(sparse)
+        self.density = csr.nnz / max(1, self.n_samples * self.n_features)
+        self.sparse = self.density < SPARSE_DENSITY if sparse is None else bool(sparse)
         self.device = torch.device(device)
         self.dtype = dtype
         depth = np.asarray(csr.sum(axis=1)).ravel()

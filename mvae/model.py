@@ -452,18 +452,23 @@ class MultinomialVAE:
         """Build the module, initialise it from the training data and run the training loop."""
         import torch
 
+        from .data import SPARSE_DENSITY
         from .distributed import current
-        from .modules import MultinomialVAEModule, MVAEConfig
+        from .modules import MultinomialVAEModule, MVAEConfig, resolve_reconstruction
         from .train import TrainConfig, train_module
 
         D = len(self.feature_ids_)
+        # "auto" is settled here from the table's density, once, and the module is built with
+        # the estimator it stands for (a streamed table's batches are always sparse tensors)
+        reconstruction = resolve_reconstruction(self.reconstruction, self.objective,
+                                                train_data.density < SPARSE_DENSITY)
         config = MVAEConfig(n_features=D, n_latent=int(self.n_latent), n_hidden=int(self.n_hidden),
                             encoder_depth=int(self.encoder_depth),
                             pseudocount=float(self.pseudocount), objective=self.objective,
                             activation=self.activation, dropout=float(self.dropout),
                             n_mc_samples=int(self.n_mc_samples), posterior=self.posterior,
                             posterior_rank=int(self.posterior_rank),
-                            reconstruction=self.reconstruction)
+                            reconstruction=reconstruction)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_)
             module = MultinomialVAEModule(config)

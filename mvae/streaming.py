@@ -278,6 +278,9 @@ class StreamingCounts:
     sparse : bool
         Always True: batches are sparse COO tensors, as :class:`~mvae.data.CountData` gives for
         sparse tables.
+    density : float
+        Fraction of non-zero entries of the whole file (the same for every subset and shard, so
+        that every process of a distributed fit makes the same density-based choices).
     rows_held_max : int
         The largest number of table rows this object has held at once (the cached chunk plus the
         rows of a batch being assembled); at most ``chunk_rows + batch size``.
@@ -313,6 +316,7 @@ class StreamingCounts:
             self._column_map[self._features] = np.arange(len(self._features))
         self.n_samples = len(self._rows)
         self.n_features = src.n_cols if self._features is None else len(self._features)
+        self.density = float(src.indptr[-1]) / max(1, src.n_rows * src.n_cols)
         if self.n_samples == 0 or self.n_features == 0:
             raise InputError(f"{src.shown}: no samples or no features selected "
                              f"({self.n_samples} x {self.n_features}).")

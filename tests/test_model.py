@@ -292,6 +292,27 @@ def test_threads_limit_numpy_blas_too():
     assert torch.get_num_threads() == torch_before
 
 
+
+@pytest.mark.filterwarnings("ignore:.*(all-zero|fewer than 50 reads)")
+@pytest.mark.parametrize("objective,density,expected", [("marginal", 0.02, "mixed"),
+                                                        ("marginal", 0.5, "mc"),
+                                                        ("sampled", 0.02, "mc")])
+def test_auto_reconstruction_follows_the_tables_density(objective, density, expected, tmp_path):
+    """The default estimator is settled at fit time from the table's density (tables below 5%
+    are kept sparse) and recorded in the model file; the parameter stays 'auto'."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    X = sp.random(80, 200, density=density, format="lil", random_state=rng)
+    X[:, 0] = 5.0  # no empty samples
+    X = X.tocsr()
+    X.data = rng.integers(1, 20, size=X.nnz).astype(float)
+    m = MultinomialVAE(n_latent=2, objective=objective, random_state=0, **FAST).fit(X)
+    assert m.reconstruction == "auto"
+    assert m.module_.config.reconstruction == expected
+    m.save(tmp_path / "m")
+    assert MultinomialVAE.load(tmp_path / "m").module_.config.reconstruction == expected
+
 @pytest.mark.parametrize("posterior,reconstruction", [("hybrid", "mc"), ("lowrank", "mc"),
                                                     ("factored", "mc"), ("factored", "bound"),
                                                     ("full", "bound")])

@@ -39,7 +39,8 @@ def test_transpose_csr_is_scipys_transpose(n, D, density):
 
 def test_transpose_csr_of_an_uncoalesced_tensor():
     idx = torch.tensor([[1, 0, 1], [2, 1, 0]])
-    y = torch.sparse_coo_tensor(idx, torch.tensor([3.0, 4.0, 5.0]), (2, 3))  # not coalesced
+    y = torch.sparse_coo_tensor(idx, torch.tensor([3.0, 4.0, 5.0]), (2, 3),
+                                check_invariants=True)  # not coalesced
     np.testing.assert_array_equal(transpose_csr(y).to_dense().numpy(),
                                   y.to_dense().T.numpy())
 
