@@ -3,7 +3,10 @@
 For each table size, every method trains for the same number of epochs on the same simulated counts,
 each in its own subprocess (so peak RSS is per method) with ONE torch thread. Reported: samples per
 CPU-second (training loop only: CPU time of the process while the loop runs), wall seconds, peak RSS
-and the ratio to the reference measured in the same run.
+and the ratio to the reference measured in the same run: a reference run precedes every other run
+and each run's rate is divided by the mean of the reference runs on either side of it (the shared
+machine's speed drifts by 10-20% within a minute; a neighbour sees the same drift), the median of
+these local ratios over the rounds is reported with their range.
 
 The reference is the floor the issue names: encoder D -> 128 -> (mean, log-variance) of k, decoder
 k -> D, multinomial likelihood from log-softmax, standard-normal KL, Adam, batch 128, dense input
@@ -12,7 +15,7 @@ sliced from a dense tensor, no ILR, nothing else. mvae is measured with its own 
 
 Usage::
 
-    python benchmarks/throughput.py                 # the full table, 3 interleaved rounds (~15 min)
+    python benchmarks/throughput.py                 # the full table, 3 rounds (~25 min)
     python benchmarks/throughput.py --smoke         # seconds
     python benchmarks/throughput.py -o benchmarks/results/throughput
 """
@@ -166,10 +169,12 @@ def main(config: dict) -> list[dict]:
     runs = []
     for case in cases:
         D, density, n, epochs = case
-        # methods interleaved, `repeats` rounds: a burst of load on the shared machine then hits
-        # every method of a round rather than all repeats of one method
+        # `repeats` rounds, and in each a reference run before every other method and one at
+        # the end: the shared machine's speed drifts by 10-20% within a minute, so each run is
+        # compared with the reference runs on either side of it (see summarise)
+        others = [m for m in methods if m != "reference"]
         for rep in range(repeats):
-            for method in methods:
+            for method in [x for m in others for x in ("reference", m)] + ["reference"]:
                 cmd = [sys.executable, __file__, "--child", "--method", method,
                        "--case", json.dumps([D, density, n, epochs])]
                 out = subprocess.run(cmd, capture_output=True, text=True)
@@ -178,6 +183,7 @@ def main(config: dict) -> list[dict]:
                     raise SystemExit(f"{method} at D={D} failed")
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 row["repeat"] = rep
+                row["order"] = len(runs)
                 runs.append(row)
                 print(f"D={D:>7} {method:<24} {row['samples_per_cpu_s']:>9.0f} samples/CPU-s "
                       f"cpu {row['cpu_s']:6.1f}s wall {row['wall_s']:6.1f}s "
@@ -188,10 +194,25 @@ def main(config: dict) -> list[dict]:
     return rows
 
 
+def local_ratios(runs: list[dict]) -> None:
+    """Set each run's ``local_ratio``: its rate over the mean rate of the reference runs just
+    before and after it (same D and round), so that drifts of the machine's speed cancel."""
+    refs = [r for r in runs if r["method"] == "reference"]
+    for r in runs:
+        near = [q["samples_per_cpu_s"] for q in refs
+                if q["D"] == r["D"] and q.get("repeat") == r.get("repeat")
+                and abs(q["order"] - r["order"]) == 1]
+        r["local_ratio"] = (r["samples_per_cpu_s"] / (sum(near) / len(near)) if near
+                            else 1.0 if r["method"] == "reference" else None)
+
+
 def summarise(runs: list[dict]) -> list[dict]:
-    """One row per (D, method): medians over the repeats, the spread, and the ratio of medians."""
+    """One row per (D, method): medians over the repeats, the spread, and the ratio to the
+    reference: the median over runs of each run's ratio to its neighbouring reference runs."""
     import numpy as np
 
+    if all("order" in r for r in runs):
+        local_ratios(runs)
     rows = []
     keys = list(dict.fromkeys((r["D"], r["method"]) for r in runs))
     for D, method in keys:
@@ -206,10 +227,16 @@ def summarise(runs: list[dict]) -> list[dict]:
                    peak_rss_mb=float(max(r["peak_rss_mb"] for r in mine)),
                    page_faults_per_step=float(np.median([r["page_faults_per_step"]
                                                          for r in mine])))
+        local = [r["local_ratio"] for r in mine if r.get("local_ratio") is not None]
+        if local:
+            row.update(ratio_to_reference=float(np.median(local)), ratio_min=float(min(local)),
+                       ratio_max=float(max(local)))
         rows.append(row)
     ref = {r["D"]: r["samples_per_cpu_s"] for r in rows if r["method"] == "reference"}
-    for r in rows:
-        r["ratio_to_reference"] = r["samples_per_cpu_s"] / ref[r["D"]] if r["D"] in ref else None
+    for r in rows:  # without the run order (older CSVs): the ratio of medians
+        if "ratio_to_reference" not in r:
+            r["ratio_to_reference"] = (r["samples_per_cpu_s"] / ref[r["D"]] if r["D"] in ref
+                                       else None)
     return rows
 
 
@@ -219,13 +246,15 @@ def write(rows, runs, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / "throughput.csv", index=False)
     pd.DataFrame(runs).to_csv(out / "throughput_runs.csv", index=False)
-    lines = ["| D | density | method | samples/CPU-s (median) | range over repeats | "
-             "ratio to reference | CPU s | peak RSS MB | page faults / step |",
+    lines = ["| D | density | method | samples/CPU-s (median) | range over runs | "
+             "ratio to reference (median, range) | CPU s | peak RSS MB | page faults / step |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        spread = (f" ({r['ratio_min']:.2f}–{r['ratio_max']:.2f})"
+                  if r["method"] != "reference" and "ratio_min" in r else "")
         lines.append(f"| {r['D']:,} | {r['density']:.3f} | {r['method']} | "
                      f"{r['samples_per_cpu_s']:,.0f} | {r['rate_min']:,.0f}–{r['rate_max']:,.0f} | "
-                     f"{r['ratio_to_reference']:.2f} | {r['cpu_s']:.1f} | "
+                     f"{r['ratio_to_reference']:.2f}{spread} | {r['cpu_s']:.1f} | "
                      f"{r['peak_rss_mb']:,.0f} | {r['page_faults_per_step']:,.0f} |")
     (out / "throughput.md").write_text("\n".join(lines) + "\n")
 
