@@ -1,52 +1,79 @@
 """Sparse x dense products with a weight gradient, shared by the encoder and the KL.
 
 Count tables are sparse, and so are their log-ratio inputs log(x/c + 1). Products of such an input
-y (B, D) with a dense (D, n) matrix M run in CSR layout: the product and the gradient with respect
-to M, yᵀg, are both CSR x dense (measured 2x faster than COO at D = 20,000, 2% density).
+y (B, D) with a dense (D, n) matrix M, and the gradient with respect to M, yᵀg (D, n), are both
+sums of weighted rows of a dense matrix: row b of yM sums the rows of M at the non-zeros of y's
+row b, row d of yᵀg sums the rows of g at the non-zeros of y's column d. That is what
+``torch.nn.functional.embedding_bag`` (mode ``"sum"`` with per-sample weights) computes, one bag
+per output row, writing each output row once. Measured at D = 20,000, 2% density, batch 128, one
+thread: yM 0.40 against 1.42 ms for torch's CSR x dense product, yᵀg 4.5 against 9.1 ms (the
+CSR product zero-fills its (D, n) output, computes into a second buffer and copies it over);
+in a whole training step, ~10% less time at D = 20,000 and 100,000 (benchmarks/throughput.py).
+The same call runs on CUDA.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
+import torch.nn.functional as F
 
-__all__ = ["to_csr", "transpose_csr", "sparse_dense_mm"]
-
-
-def to_csr(y: torch.Tensor) -> torch.Tensor:
-    """A coalesced sparse COO tensor in CSR layout (torch flags CSR as beta; the warning is noise
-    here: the products are tested against dense ones). Kept on ``y`` for the next call: a batch's
-    input is multiplied in the encoder's first layer and in the KL."""
-    cached = getattr(y, "_mvae_csr", None)
-    if cached is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            cached = y.to_sparse_csr()
-        y._mvae_csr = cached
-    return cached
+__all__ = ["row_bags", "column_bags", "sparse_mm", "sparse_t_mm", "sparse_dense_mm"]
 
 
-def transpose_csr(y: torch.Tensor) -> torch.Tensor:
-    """yᵀ of a coalesced sparse COO tensor, in CSR layout (kept on ``y`` like :func:`to_csr`).
+def _bags(keys: torch.Tensor, n_bags: int, members: torch.Tensor, values: torch.Tensor,
+          order: torch.Tensor | None):
+    """(members, offsets, values) of embedding bags grouped by ``keys`` (already sorted when
+    ``order`` is None): offsets[i] is where bag i starts."""
+    counts = torch.bincount(keys, minlength=n_bags)
+    offsets = torch.cumsum(counts, 0).sub_(counts)
+    if order is not None:
+        members, values = members[order], values[order]
+    return members, offsets, values
 
-    A coalesced y is sorted by (row, column), so a stable sort of the column indices alone puts
-    the non-zeros in (column, row) order, which is yᵀ's CSR order; the row pointers are a
-    cumulative count of the columns. ``y.t().coalesce()`` sorts on a combined key instead: 2.7
-    against 1.1 ms at D = 20,000, 2%, batch 128."""
-    cached = getattr(y, "_mvae_csr_t", None)
+
+def row_bags(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The non-zeros of a sparse COO y (B, D) grouped by row: (columns, row offsets (B,), values)
+    in y's coalesced order. Kept on ``y`` for the next product: a batch's input is multiplied in
+    the encoder's first layer and in the KL."""
+    cached = getattr(y, "_mvae_row_bags", None)
     if cached is None:
         yc = y if y.is_coalesced() else y.coalesce()
         rows, cols = yc.indices()
-        order = torch.argsort(cols, stable=True)
-        indptr = cols.new_zeros(y.shape[1] + 1)
-        torch.cumsum(torch.bincount(cols, minlength=y.shape[1]), 0, out=indptr[1:])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            cached = torch.sparse_csr_tensor(indptr, rows[order], yc.values()[order],
-                                             (y.shape[1], y.shape[0]), check_invariants=False)
-        y._mvae_csr_t = cached
+        cached = _bags(rows, y.shape[0], cols, yc.values(), None)
+        y._mvae_row_bags = cached
     return cached
+
+
+def column_bags(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The non-zeros of a sparse COO y (B, D) grouped by column: (rows, column offsets (D,),
+    values), kept on ``y`` like :func:`row_bags`.
+
+    A coalesced y is sorted by (row, column), so a stable sort of the column indices alone puts
+    the non-zeros in (column, row) order (yᵀ's row-major order); the offsets are a cumulative
+    count of the columns."""
+    cached = getattr(y, "_mvae_column_bags", None)
+    if cached is None:
+        yc = y if y.is_coalesced() else y.coalesce()
+        rows, cols = yc.indices()
+        cached = _bags(cols, y.shape[1], rows, yc.values(), torch.argsort(cols, stable=True))
+        y._mvae_column_bags = cached
+    return cached
+
+
+def _bag_sums(bags, M: torch.Tensor) -> torch.Tensor:
+    members, offsets, values = bags
+    return F.embedding_bag(members, M, offsets, mode="sum",
+                           per_sample_weights=values.to(M.dtype))
+
+
+def sparse_mm(y: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """yM for a sparse COO y (B, D) and a dense M (D, n): shape (B, n). Not differentiable in y."""
+    return _bag_sums(row_bags(y), M)
+
+
+def sparse_t_mm(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """yᵀg for a sparse COO y (B, D) and a dense g (B, n): shape (D, n), a fresh tensor."""
+    return _bag_sums(column_bags(y), g)
 
 
 class _SparseDenseProduct(torch.autograd.Function):
@@ -55,13 +82,13 @@ class _SparseDenseProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, M):
         ctx.y = y
-        return to_csr(y) @ M if y.is_sparse else y @ M
+        return sparse_mm(y, M) if y.is_sparse else y @ M
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         y = ctx.y
-        return None, (transpose_csr(y) @ g if y.is_sparse else y.T @ g)
+        return None, (sparse_t_mm(y, g) if y.is_sparse else y.T @ g)
 
 
 def sparse_dense_mm(y: torch.Tensor, M: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mvae.sparse_ops import sparse_dense_mm, to_csr, transpose_csr
+from mvae.sparse_ops import column_bags, row_bags, sparse_dense_mm, sparse_mm, sparse_t_mm
 
 
 def _table(rng, n, D, density):
@@ -24,25 +24,35 @@ def _table(rng, n, D, density):
 
 
 @pytest.mark.parametrize("n,D,density", [(7, 11, 0.3), (64, 500, 0.02), (3, 4, 0.9)])
-def test_transpose_csr_is_scipys_transpose(n, D, density):
+def test_bags_are_scipys_csr_of_the_table_and_its_transpose(n, D, density):
     rng = np.random.default_rng(n * D)
     X, y = _table(rng, n, D, density)
-    t = transpose_csr(y)
-    ref = X.T.tocsr()
-    ref.sort_indices()
-    assert t.shape == (D, n)
-    np.testing.assert_array_equal(t.crow_indices().numpy(), ref.indptr)
-    np.testing.assert_array_equal(t.col_indices().numpy(), ref.indices)
-    np.testing.assert_array_equal(t.values().numpy(), ref.data)
-    assert transpose_csr(y) is t  # kept on the batch for the next product
+    for bags, ref in ((row_bags(y), X.tocsr()), (column_bags(y), X.T.tocsr())):
+        ref.sort_indices()
+        members, offsets, values = bags
+        np.testing.assert_array_equal(offsets.numpy(), ref.indptr[:-1])
+        np.testing.assert_array_equal(members.numpy(), ref.indices)
+        np.testing.assert_array_equal(values.numpy(), ref.data)
+    assert column_bags(y) is column_bags(y)  # kept on the batch for the next product
+    assert row_bags(y) is row_bags(y)
 
 
-def test_transpose_csr_of_an_uncoalesced_tensor():
+def test_bags_of_an_uncoalesced_tensor():
     idx = torch.tensor([[1, 0, 1], [2, 1, 0]])
     y = torch.sparse_coo_tensor(idx, torch.tensor([3.0, 4.0, 5.0]), (2, 3),
                                 check_invariants=True)  # not coalesced
-    np.testing.assert_array_equal(transpose_csr(y).to_dense().numpy(),
-                                  y.to_dense().T.numpy())
+    M = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    g = torch.tensor([[1.0, -1.0], [2.0, 0.5]])
+    dense = y.to_dense()
+    np.testing.assert_allclose(sparse_mm(y, M).numpy(), (dense @ M).numpy())
+    np.testing.assert_allclose(sparse_t_mm(y, g).numpy(), (dense.T @ g).numpy())
+
+
+def test_products_of_an_all_zero_batch_are_zero():
+    y = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (3, 5),
+                                check_invariants=True).coalesce()
+    assert torch.equal(sparse_mm(y, torch.ones(5, 2)), torch.zeros(3, 2))
+    assert torch.equal(sparse_t_mm(y, torch.ones(3, 2)), torch.zeros(5, 2))
 
 
 def test_products_and_gradient_against_scipy():
@@ -52,7 +62,9 @@ def test_products_and_gradient_against_scipy():
     g = rng.normal(size=(40, 6))
     out = sparse_dense_mm(y, M)
     np.testing.assert_allclose(out.detach().numpy(), X @ M.detach().numpy(), rtol=1e-12)
-    np.testing.assert_allclose((to_csr(y) @ M).detach().numpy(), X @ M.detach().numpy(),
+    np.testing.assert_allclose(sparse_mm(y, M).detach().numpy(), X @ M.detach().numpy(),
                                rtol=1e-12)
+    np.testing.assert_allclose(sparse_t_mm(y, torch.tensor(g)).numpy(), X.T @ g, rtol=1e-12,
+                               atol=1e-12)
     out.backward(torch.tensor(g))
     np.testing.assert_allclose(M.grad.numpy(), X.T @ g, rtol=1e-12, atol=1e-12)
