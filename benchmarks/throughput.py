@@ -168,6 +168,8 @@ def child(args):
 def main(config: dict) -> list[dict]:
     """Run every case and method; return the rows (dicts) and write them if config['out']."""
     cases = SMOKE if config.get("smoke") else CASES
+    if config.get("features"):
+        cases = [c for c in cases if c[0] in set(config["features"])]
     methods = config.get("methods") or METHODS
     repeats = int(config.get("repeats") or 1)
     runs = []
@@ -268,6 +270,8 @@ if __name__ == "__main__":
     p.add_argument("--smoke", action="store_true")
     p.add_argument("-o", "--out", default=None)
     p.add_argument("--methods", nargs="*", default=None)
+    p.add_argument("--features", nargs="*", type=int, default=None,
+                   help="run only the cases with these numbers of features (D)")
     p.add_argument("--repeats", type=int, default=3,
                    help="interleaved rounds per case; medians are reported (default 3)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -277,5 +281,5 @@ if __name__ == "__main__":
     if a.child:
         child(a)
     else:
-        main(dict(smoke=a.smoke, out=a.out, methods=a.methods,
+        main(dict(smoke=a.smoke, out=a.out, methods=a.methods, features=a.features,
                   repeats=1 if a.smoke else a.repeats))

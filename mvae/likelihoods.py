@@ -26,6 +26,7 @@ import functools
 import torch
 
 __all__ = [
+    "factored_gram",
     "multinomial_log_prob",
     "multinomial_log_prob_bound",
     "gaussian_multinomial_log_prob",
@@ -357,6 +358,8 @@ class LowRankPrior:
         :math:`b`.
     noise_variance : torch.Tensor, scalar
         :math:`\\sigma^2 > 0`.
+    gram : torch.Tensor, shape (k, k), optional
+        :math:`W^\\top W` when already computed (it must be, up to rounding).
 
     Attributes
     ----------
@@ -378,14 +381,22 @@ class LowRankPrior:
     True
     """
 
-    def __init__(self, loadings: torch.Tensor, bias: torch.Tensor, noise_variance: torch.Tensor):
+    def __init__(self, loadings: torch.Tensor, bias: torch.Tensor, noise_variance: torch.Tensor,
+                 gram: torch.Tensor | None = None):
         self.loadings = loadings
         self.bias = bias
         self.noise_variance = noise_variance
         D, k = loadings.shape
         eye = torch.eye(k, dtype=loadings.dtype, device=loadings.device)
-        gram = loadings.T @ loadings  # (k, D) @ (D, k) -> (k, k)
+        if gram is None:  # else WᵀW from a larger Gram matrix already formed (factored_gram)
+            gram = loadings.T @ loadings  # (k, D) @ (D, k) -> (k, k)
         self.chol = torch.linalg.cholesky(gram + noise_variance * eye)  # C = L Lᵀ
+
+    @functools.cached_property
+    def leverages(self) -> torch.Tensor:
+        """:math:`\lambda_d = w_d^\top C^{-1} w_d`, (D,), the diagonal of :math:`WC^{-1}W^\top`
+        (from the k x k :math:`C^{-1}`, with a hand-written gradient: :class:`_Leverages`)."""
+        return _Leverages.apply(self.loadings, torch.cholesky_inverse(self.chol))
 
     @functools.cached_property
     def whitened(self) -> torch.Tensor:
@@ -538,6 +549,27 @@ class _Gram(torch.autograd.Function):
         return M @ (grad + grad.T)
 
 
+class _Leverages(torch.autograd.Function):
+    """:math:`\\lambda_d = w_d^\\top C^{-1} w_d` for W (D, k) and a symmetric :math:`C^{-1}`
+    (k, k), with the gradients :math:`2\\bar\\lambda \\odot (WC^{-1})` and
+    :math:`W^\\top \\operatorname{diag}(\\bar\\lambda) W` by hand (autograd's made two products
+    with (D, k) outputs and four more passes over them)."""
+
+    @staticmethod
+    def forward(ctx, W, C_inv):
+        A = W @ C_inv  # (D, k)
+        ctx.save_for_backward(W, A)
+        return torch.linalg.vecdot(A, W)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        W, A = ctx.saved_tensors
+        grad_W = (2.0 * grad[:, None]) * A if ctx.needs_input_grad[0] else None
+        grad_C = (W * grad[:, None]).T @ W if ctx.needs_input_grad[1] else None
+        return grad_W, grad_C
+
+
 class _ExpWeightedSum(torch.autograd.Function):
     """:math:`\\sum_d w_d\\, e^{g_d y_{bd}}` per row, for a dense constant y (B, D), with the
     gradients by hand: :math:`\\partial/\\partial w = E^\\top c` and
@@ -560,10 +592,20 @@ class _ExpWeightedSum(torch.autograd.Function):
         return None, grad_g, grad_w
 
 
+def factored_gram(right: torch.Tensor, loadings: torch.Tensor,
+                  shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """M = [Q, W, s] (D, m + k + 1) and its Gram matrix MᵀM, whose inner products
+    :func:`kl_factored_to_lowrank` needs; the W block is the WᵀW of :class:`LowRankPrior` (pass it
+    as ``gram`` there to form it once)."""
+    M = torch.cat([right, loadings, shift[:, None]], dim=1)
+    return M, _Gram.apply(M)
+
+
 def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
                            skip: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor,
                            feature_log_var: torch.Tensor, skip_log_var: torch.Tensor,
-                           prior: LowRankPrior) -> torch.Tensor:
+                           prior: LowRankPrior,
+                           gram: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """:func:`kl_diag_to_lowrank` for a posterior kept in factored form, without any (B, D) pass
     when y is sparse.
 
@@ -599,6 +641,8 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
         f and g.
     prior : LowRankPrior
         :math:`N(b, WW^\\top + \\sigma^2 I)`.
+    gram : tuple of torch.Tensor, optional
+        ``factored_gram(right, prior.loadings, shift)`` when already formed.
 
     Returns
     -------
@@ -627,13 +671,11 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
     W = prior.loadings
     # Every D-wide inner product of the mean's parts is an entry of one Gram matrix: one
     # (D, m + k + 1) pass forward and one back, where separate thin products were a dozen
-    M = torch.cat([right, W, shift[:, None]], dim=1)  # (D, m + k + 1) [Q, W, s]
-    G = _Gram.apply(M)
+    M, G = gram if gram is not None else factored_gram(right, W, shift)  # M = [Q, W, s]
     QQ, QW, Qs = G[:m, :m], G[:m, m:m + k], G[:m, -1]
     Ws, ss = G[m:m + k, -1], G[-1, -1]
     # leverage λ_d = w_dᵀ C⁻¹ w_d = ‖U_d‖², C = σ²I + WᵀW = LLᵀ
-    lever = ((W @ torch.cholesky_inverse(prior.chol)) * W).sum(-1)  # (D,)
-    base_var = feature_log_var.exp() * (1.0 - lever)  # (D,) e^f (1 − λ)
+    base_var = feature_log_var.exp() * (1.0 - prior.leverages)  # (D,) e^f (1 − λ)
     # the y-terms of Qᵀδ, Wᵀδ, sᵀδ and Σ log v in one product: (B, D) @ (D, m + k + 2)
     cols = torch.cat([M * skip[:, None], skip_log_var[:, None]], dim=1)  # [aQ, aW, a s, g]
     yM = sparse_dense_mm(y, cols)  # (B, m + k + 2)

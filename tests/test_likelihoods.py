@@ -7,6 +7,7 @@ import torch
 
 from mvae.likelihoods import (
     LowRankPrior,
+    factored_gram,
     gaussian_multinomial_log_prob,
     kl_diag_to_lowrank,
     kl_factored_to_lowrank,
@@ -141,10 +142,12 @@ def test_factored_kl_equals_dense(layout, B, D, m, k, zero_frac):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-9)
 
 
+@pytest.mark.parametrize("shared_gram", [False, True])
 @pytest.mark.parametrize("layout", ["dense", "sparse"])
-def test_factored_kl_gradients_equal_dense_form(layout):
+def test_factored_kl_gradients_equal_dense_form(layout, shared_gram):
     """Gradients for every part and the prior equal autograd's through the dense-form KL of the
-    materialised posterior (itself checked against numpy above and by gradcheck below)."""
+    materialised posterior (itself checked against numpy above and by gradcheck below); also
+    when the prior's WᵀW is taken from the KL's Gram matrix, as the module does."""
     rng = np.random.default_rng(7)
     y, p, pr = _factored_case(rng, 4, 25, 3, 2, 0.8)
     names = list(p)
@@ -153,9 +156,16 @@ def test_factored_kl_gradients_equal_dense_form(layout):
     s2 = torch.tensor(pr["s2"], dtype=torch.float64, requires_grad=True)
     yt = torch.tensor(y)
     inputs = [*parts.values(), W, s2]  # b cancels: the mean is b + δ, the KL depends on δ only
-    prior = LowRankPrior(W, b, s2)
+    gram = None
+    if shared_gram:
+        gram = factored_gram(parts["right"], W, parts["shift"])
+        m, k = parts["right"].shape[1], W.shape[1]
+        prior = LowRankPrior(W, b, s2, gram=gram[1][m:m + k, m:m + k])
+    else:
+        prior = LowRankPrior(W, b, s2)
     got = torch.autograd.grad(kl_factored_to_lowrank(
-        y=yt.to_sparse() if layout == "sparse" else yt, prior=prior, **parts).sum(), inputs)
+        y=yt.to_sparse() if layout == "sparse" else yt, prior=prior, gram=gram,
+        **parts).sum(), inputs)
     mean = b + parts["shift"] + parts["left"] @ parts["right"].T + parts["skip"] * yt
     log_var = (parts["log_scale"][:, None] + parts["feature_log_var"]
                + parts["skip_log_var"] * yt)
@@ -163,6 +173,21 @@ def test_factored_kl_gradients_equal_dense_form(layout):
                                inputs)
     for name, g, w in zip(names + ["W", "s2"], got, want):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-8, atol=1e-10, err_msg=name)
+
+
+def test_leverages_are_the_diagonal_of_the_hat_matrix():
+    """λ_d = w_dᵀ (σ²I + WᵀW)⁻¹ w_d against numpy's explicit inverse, and its hand-written
+    gradient by gradcheck."""
+    rng = np.random.default_rng(11)
+    W = rng.normal(size=(9, 3))
+    want = np.diag(W @ np.linalg.inv(0.3 * np.eye(3) + W.T @ W) @ W.T)
+    Wt = torch.tensor(W, requires_grad=True)
+    s2 = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    np.testing.assert_allclose(LowRankPrior(Wt, torch.zeros(9, dtype=torch.float64),
+                                            s2).leverages.detach().numpy(), want, rtol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda W, s2: LowRankPrior(W, torch.zeros(9, dtype=torch.float64), s2).leverages,
+        (Wt, s2))
 
 
 def test_factored_kl_gradcheck_sparse():

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..likelihoods import (
     LowRankPrior,
+    factored_gram,
     kl_diag_to_lowrank,
     kl_factored_to_lowrank,
     gaussian_multinomial_log_prob,
@@ -133,11 +134,12 @@ class FactoredPosterior:
         return Posterior(_add_per_feature(mean, self.y, self.skip),
                          _add_per_feature(log_var, self.y, self.skip_log_var))
 
-    def kl(self, prior: LowRankPrior) -> torch.Tensor:
-        """KL(q ‖ prior) per sample, (B,), from the parts (``prior.bias`` must be ``bias``)."""
+    def kl(self, prior: LowRankPrior, gram=None) -> torch.Tensor:
+        """KL(q ‖ prior) per sample, (B,), from the parts (``prior.bias`` must be ``bias``;
+        ``gram``: :func:`mvae.likelihoods.factored_gram` of the parts, if already formed)."""
         return kl_factored_to_lowrank(self.shift, self.left, self.right, self.skip, self.y,
                                       self.log_scale, self.feature_log_var, self.skip_log_var,
-                                      prior)
+                                      prior, gram)
 
 
 class LowRankDecoder(nn.Module):
@@ -167,9 +169,12 @@ class LowRankDecoder(nn.Module):
         """σ², a scalar tensor."""
         return torch.exp(2.0 * self.log_sigma)
 
-    def prior(self) -> LowRankPrior:
-        """The marginal prior of the logits, N(b̃, W̃W̃ᵀ + σ²I), kept factored."""
-        return LowRankPrior(self.loadings, self.bias, self.noise_variance)
+    def prior(self, loadings: torch.Tensor | None = None,
+              gram: torch.Tensor | None = None) -> LowRankPrior:
+        """The marginal prior of the logits, N(b̃, W̃W̃ᵀ + σ²I), kept factored (``loadings`` and
+        ``gram``: W̃ and W̃ᵀW̃ when already formed)."""
+        return LowRankPrior(self.loadings if loadings is None else loadings, self.bias,
+                            self.noise_variance, gram)
 
 
 class MultinomialVAEModule(LowRankDecoder):
@@ -344,8 +349,12 @@ class MultinomialVAEModule(LowRankDecoder):
                     post.left, post.right, post.bias + post.shift, post.skip, post.log_scale,
                     post.feature_log_var, post.skip_log_var, post.y, counts, eps, log_const,
                     mixed=estimator == "mixed")
+                # the Gram matrix of [Q, W̃, s] holds the prior's W̃ᵀW̃: formed once
+                W, r = self.loadings, post.right.shape[1]
+                gram = factored_gram(post.right, W, post.shift)
+                prior = self.prior(W, gram[1][r:r + W.shape[1], r:r + W.shape[1]])
                 return LossTerms(reconstruction=recon if eps is None else recon.mean(0),
-                                 kl=post.kl(self.prior()))
+                                 kl=post.kl(prior, gram))
             kl = kl_diag_to_lowrank(post.mean, post.log_var, self.prior())
             if estimator == "mixed":  # ℓ = m + v/2 at the zeros, m + ε √v at the non-zeros
                 observed = _observed(counts)
