@@ -394,7 +394,7 @@ class LowRankPrior:
 
     @functools.cached_property
     def leverages(self) -> torch.Tensor:
-        """:math:`\lambda_d = w_d^\top C^{-1} w_d`, (D,), the diagonal of :math:`WC^{-1}W^\top`
+        """:math:`\\lambda_d = w_d^\\top C^{-1} w_d`, (D,), the diagonal of :math:`WC^{-1}W^\\top`
         (from the k x k :math:`C^{-1}`, with a hand-written gradient: :class:`_Leverages`)."""
         return _Leverages.apply(self.loadings, torch.cholesky_inverse(self.chol))
 
