@@ -165,11 +165,20 @@ def child(args):
                           page_faults_per_step=faults / (samples / BATCH))))
 
 
+def select_cases(cases: list, features: list[int] | None) -> list:
+    """The cases with the numbers of features asked for (all when None or empty)."""
+    if not features:
+        return list(cases)
+    known = [c[0] for c in cases]
+    unknown = sorted(set(features) - set(known))
+    if unknown:
+        raise SystemExit(f"--features {unknown}: no such case; the cases have D = {known}")
+    return [c for c in cases if c[0] in set(features)]
+
+
 def main(config: dict) -> list[dict]:
     """Run every case and method; return the rows (dicts) and write them if config['out']."""
-    cases = SMOKE if config.get("smoke") else CASES
-    if config.get("features"):
-        cases = [c for c in cases if c[0] in set(config["features"])]
+    cases = select_cases(SMOKE if config.get("smoke") else CASES, config.get("features"))
     methods = config.get("methods") or METHODS
     repeats = int(config.get("repeats") or 1)
     runs = []

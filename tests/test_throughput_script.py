@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.throughput import summarise
+from benchmarks.throughput import CASES, select_cases, summarise
 
 
 def _run(order, method, rate, repeat=0, D=10):
@@ -32,3 +32,10 @@ def test_runs_without_an_order_fall_back_to_the_ratio_of_medians():
         del r["order"]
     rows = {r["method"]: r for r in summarise(runs)}
     assert rows["a"]["ratio_to_reference"] == pytest.approx(0.8)
+
+
+def test_cases_are_chosen_by_their_number_of_features():
+    assert select_cases(CASES, None) == CASES
+    assert [c[0] for c in select_cases(CASES, [100_000, 200])] == [200, 100_000]
+    with pytest.raises(SystemExit, match="no such case"):
+        select_cases(CASES, [5_000])
