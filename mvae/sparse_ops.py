@@ -8,7 +8,8 @@ row b, row d of yᵀg sums the rows of g at the non-zeros of y's column d. That 
 per output row, writing each output row once. Measured at D = 20,000, 2% density, batch 128, one
 thread: yM 0.40 against 1.42 ms for torch's CSR x dense product, yᵀg 4.5 against 9.1 ms (the
 CSR product zero-fills its (D, n) output, computes into a second buffer and copies it over);
-in a whole training step, ~10% less time at D = 20,000 and 100,000 (benchmarks/throughput.py).
+in a whole training step, ~10% less time at D = 20,000 and 100,000 (paired A/B,
+benchmarks/results/throughput/README.md).
 The same call runs on CUDA.
 """
 
