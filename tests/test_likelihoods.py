@@ -190,10 +190,11 @@ def test_leverages_are_the_diagonal_of_the_hat_matrix():
         (Wt, s2))
 
 
-def test_factored_kl_gradcheck_sparse():
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_factored_kl_gradcheck(layout):
     rng = np.random.default_rng(9)
     y, p, pr = _factored_case(rng, 3, 8, 2, 1, 0.6)
-    yt = torch.tensor(y).to_sparse()
+    yt = torch.tensor(y).to_sparse() if layout == "sparse" else torch.tensor(y)
     inputs = [torch.tensor(v, requires_grad=True) for v in p.values()]
     W = torch.tensor(pr["W"], requires_grad=True)
 
