@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import time
 
 try:
@@ -48,19 +49,19 @@ def parse_variant(text: str) -> dict:
 def _module(X, overrides: dict):
     import torch
 
+    from mvae.data import SPARSE_DENSITY
     from mvae.model import _input_statistics
     from mvae.modules import MultinomialVAEModule, MVAEConfig
     from mvae.modules.mvae import resolve_reconstruction
 
     torch.manual_seed(0)
     n, D = X.shape
-    fields = dict(n_features=D, n_latent=K, n_hidden=HIDDEN, encoder_depth=2) | overrides
-    cfg = MVAEConfig(**fields)
+    cfg = MVAEConfig(**(dict(n_features=D, n_latent=K, n_hidden=HIDDEN, encoder_depth=2)
+                        | overrides))
     # settle "auto" as model.py does, from the table's density
-    sparse = X.nnz / (n * D) < 0.05
-    cfg = MVAEConfig(**(fields | dict(reconstruction=resolve_reconstruction(
-        cfg.reconstruction, cfg.objective, sparse))))
-    module = MultinomialVAEModule(cfg)
+    estimator = resolve_reconstruction(cfg.reconstruction, cfg.objective,
+                                       X.nnz / (n * D) < SPARSE_DENSITY)
+    module = MultinomialVAEModule(dataclasses.replace(cfg, reconstruction=estimator))
     pooled, centre, scale = _input_statistics(X, 1.0)
     module.initialise_from_data(torch.as_tensor(pooled, dtype=torch.float32),
                                 torch.as_tensor(centre, dtype=torch.float32), scale)

@@ -71,7 +71,6 @@ def run_reference(X, epochs, seed=0, tuned=False):
     Adam, freed buffers kept in the heap), so that the ratio measures the model's work."""
     import contextlib
 
-    import numpy as np
     import torch
     from torch import nn
 

@@ -728,8 +728,7 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
     """
     from .sparse_ops import sparse_dense_mm
 
-    D, k = prior.loadings.shape
-    m = right.shape[1]
+    D = prior.loadings.shape[0]
     W = prior.loadings
     # Every D-wide inner product of the mean's parts is an entry of one Gram matrix: one
     # (D, m + k + 1) pass forward and one back, where separate thin products were a dozen
