@@ -86,16 +86,18 @@ class CountData:
     def _rows(self, index: torch.Tensor) -> torch.Tensor:
         if not self.sparse:
             return self._dense.index_select(0, index)
-        starts = self._indptr[index]  # (B,)
-        lengths = self._indptr[index + 1] - starts  # (B,)
+        # index_select throughout: 2-4x faster than advanced indexing on the CPU
+        starts = self._indptr.index_select(0, index)  # (B,)
+        lengths = self._indptr.index_select(0, index + 1) - starts  # (B,)
         B = index.shape[0]
         rows = torch.repeat_interleave(torch.arange(B, device=self.device), lengths)  # (nnz_b,)
-        first = torch.cumsum(lengths, 0) - lengths  # position of each row's first entry
-        offset = torch.arange(rows.shape[0], device=self.device) - first[rows]
-        pos = starts[rows] + offset
-        coords = torch.stack([rows, self._indices[pos]])  # (2, nnz_b), sorted row-major
-        return torch.sparse_coo_tensor(coords, self._values[pos], (B, self.n_features),
-                                       is_coalesced=True, check_invariants=False)
+        # each entry's position in the table: its row's start, plus its place within the row
+        shift = (starts - (torch.cumsum(lengths, 0) - lengths)).index_select(0, rows)
+        pos = torch.arange(rows.shape[0], device=self.device).add_(shift)
+        coords = torch.stack([rows, self._indices.index_select(0, pos)])  # (2, nnz_b), row-major
+        return torch.sparse_coo_tensor(coords, self._values.index_select(0, pos),
+                                       (B, self.n_features), is_coalesced=True,
+                                       check_invariants=False)
 
     def all(self) -> torch.Tensor:
         """All rows (for small evaluation sets)."""

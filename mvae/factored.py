@@ -132,7 +132,14 @@ def factored_multinomial_log_prob(left: torch.Tensor, right: torch.Tensor, base:
 
 
 class _Block:
-    """One block of rows [i0, i1) and, for sparse counts, its non-zeros (local row numbers)."""
+    """One block of rows [i0, i1) and, for sparse counts, its non-zeros (local row numbers).
+
+    The non-zeros are addressed by their flat position in the block's (c, D) buffers and summed
+    per row as segments (the non-zeros of a coalesced batch are sorted by row): an
+    ``index_select`` / ``index_add_`` on a flat view and ``segment_reduce`` are 3-5x faster on
+    the CPU than indexing with a (rows, cols) pair and ``index_add_`` over the rows, which
+    accumulates serially into a few addresses (measured at D = 20,000, 2%, 26 rows).
+    """
 
     def __init__(self, i0, i1, counts, y, ptr):
         self.i0, self.i1 = i0, i1
@@ -142,10 +149,40 @@ class _Block:
             lo, hi = int(ptr[i0]), int(ptr[i1])
             self.lo, self.hi = lo, hi  # the block's slice of the non-zeros
             self.rows, self.cols = rows[lo:hi] - i0, cols[lo:hi]
+            self.flat = self.rows * counts.shape[1] + self.cols  # position in a (c, D) buffer
+            self.offsets = ptr[i0:i1 + 1] - lo  # where each row's non-zeros start, (c + 1,)
             self.x = vals[lo:hi]
             self.y = y.values()[lo:hi]
         else:
             self.x, self.y = counts[i0:i1], y[i0:i1]
+
+    def at(self, t):
+        """The entries of t (c, D) or (S, c, D) at the non-zeros: (nnz_c,) or (S, nnz_c)."""
+        return t.reshape(*t.shape[:-2], -1).index_select(-1, self.flat)
+
+    def add_at(self, t, v):
+        """t += v at the non-zeros, in place on a contiguous t (c, D) or (S, c, D)."""
+        t.view(*t.shape[:-2], -1).index_add_(t.dim() - 2, self.flat, v)
+        return t
+
+    def put_at(self, t, v):
+        """t = v at the non-zeros, in place on a contiguous t (S, c, D); v (S, nnz_c)."""
+        t.view(t.shape[0], -1).index_copy_(1, self.flat, v)
+        return t
+
+    def row_sum(self, v):
+        """Sums per row of values at the non-zeros: (nnz_c,) -> (c,), (S, nnz_c) -> (S, c)."""
+        if v.dim() == 1:
+            return torch.segment_reduce(v, "sum", offsets=self.offsets)
+        return torch.segment_reduce(v.T, "sum", offsets=self.offsets).T
+
+    def by_row(self, a):
+        """a (c,) per row, at the non-zeros (nnz_c,)."""
+        return a.index_select(0, self.rows)
+
+    def by_col(self, a):
+        """a (D,) per feature, at the non-zeros (nnz_c,)."""
+        return a.index_select(0, self.cols)
 
 
 def _blocks(counts, y, rows_per):
@@ -161,7 +198,7 @@ def _mean_block(blk, left, right, base, skip):
     """m for the block's rows, (c, D): one product plus the skip term."""
     m = torch.addmm(base, left[blk.i0:blk.i1], right.T)  # (c, r) @ (r, D) + (D,)
     if blk.sparse:
-        return m.index_put_((blk.rows, blk.cols), skip[blk.cols] * blk.y, accumulate=True)
+        return blk.add_at(m, blk.by_col(skip) * blk.y)
     return m.addcmul_(blk.y, skip)
 
 
@@ -171,7 +208,7 @@ def _scale_block(blk, t, f, g, power):
     t = t[blk.i0:blk.i1]
     if blk.sparse:
         return (torch.exp(power * t), torch.exp(power * f),
-                torch.exp(power * g[blk.cols] * blk.y))
+                torch.exp(power * blk.by_col(g) * blk.y))
     return torch.addcmul(f, blk.y, g).add_(t[:, None]).mul_(power).exp_()
 
 
@@ -197,19 +234,19 @@ class _FactoredLikelihood(torch.autograd.Function):
                 if blk.sparse:
                     A, C, R = sc
                     lg = torch.addcmul(m, e * C, A[:, None])  # (S, c, D)
-                    lg[:, blk.rows, blk.cols] += (e[:, blk.rows, blk.cols]
-                                                  * (A[blk.rows] * C[blk.cols] * (R - 1.0)))
+                    blk.add_at(lg, blk.at(e) * (blk.by_row(A) * blk.by_col(C) * (R - 1.0)))
                 else:
                     lg = torch.mul(e, sc, out=noise[:, i0:i1]).add(m)
                 dot = _row_dot(blk, lg)  # x·ℓ, (S, c)
             elif mode == "mixed" and blk.sparse:  # v/2 at the zeros, ε v^{1/2} at the non-zeros
                 A, C, R = sc
-                m_nz = m[blk.rows, blk.cols]  # (nnz_c,)
+                m_nz = blk.at(m)  # (nnz_c,)
                 m.addcmul_(A[:, None], C[None, :], value=0.5)
                 lg = m[None].expand(S, -1, -1).clone() if S > 1 else m[None]
-                std_nz = torch.sqrt(A[blk.rows] * C[blk.cols] * R)
-                lg[:, blk.rows, blk.cols] = m_nz + eps[:, blk.lo:blk.hi] * std_nz
-                dot = _row_dot(blk, lg)  # x·ℓ at the non-zeros, (S, c)
+                std_nz = torch.sqrt(blk.by_row(A) * blk.by_col(C) * R)
+                ell_nz = m_nz + eps[:, blk.lo:blk.hi] * std_nz  # (S, nnz_c)
+                blk.put_at(lg, ell_nz)
+                dot = blk.row_sum(ell_nz * blk.x)  # x·ℓ at the non-zeros, (S, c)
             elif mode == "mixed":  # dense counts: the same with a mask; draws at every entry
                 lg = m + torch.where(blk.x > 0, eps[:, i0:i1] * sc.sqrt(), 0.5 * sc)
                 dot = _row_dot(blk, lg)
@@ -218,7 +255,7 @@ class _FactoredLikelihood(torch.autograd.Function):
                 if blk.sparse:
                     A, C, R = sc
                     m.addcmul_(A[:, None], C[None, :], value=0.5)
-                    m[blk.rows, blk.cols] += 0.5 * A[blk.rows] * C[blk.cols] * (R - 1.0)
+                    blk.add_at(m, 0.5 * blk.by_row(A) * blk.by_col(C) * (R - 1.0))
                 else:
                     m.add_(sc, alpha=0.5)
                 lg = m[None]  # (1, c, D): m + v/2, in place
@@ -268,14 +305,14 @@ class _FactoredLikelihood(torch.autograd.Function):
                 e = eps[:, i0:i1]
                 gv = (gn * e).sum(0) if gn.shape[0] > 1 else gn[0] * e[0]
                 half = 1.0
-                gv[blk.rows, blk.cols] += (e[:, blk.rows, blk.cols]
-                                           * go[:, i0:i1][:, blk.rows]).sum(0) * blk.x
+                blk.add_at(gv, (blk.at(e) * go[:, i0:i1].index_select(1, blk.rows)).sum(0)
+                           * blk.x)
             else:
                 gv, half = gm, 0.5
             if mode != "mixed":
                 _scale_grads(blk, gv, half * power, t, f, g, power, grads)  # before gm changes
             if blk.sparse:  # ∂/∂m: add x at the non-zeros (gm is a fresh buffer, or a view of gn)
-                gm.index_put_((blk.rows, blk.cols), blk.x * x_go[blk.rows], accumulate=True)
+                blk.add_at(gm, blk.x * blk.by_row(x_go))
             else:
                 gm.addcmul_(blk.x, x_go[:, None])
             _mean_grads(blk, gm, left, right, grads)
@@ -292,7 +329,7 @@ def _mean_grads(blk, gm, left, right, grads):
     grads["right"].addmm_(gm.T, left[i0:i1])  # (D, c) @ (c, r)
     grads["base"] += gm.sum(0)
     if blk.sparse:
-        grads["skip"].index_add_(0, blk.cols, gm[blk.rows, blk.cols] * blk.y)
+        grads["skip"].index_add_(0, blk.cols, blk.at(gm) * blk.y)
     else:
         grads["skip"] += torch.linalg.vecdot(gm.T, blk.y.T)
 
@@ -308,8 +345,7 @@ def _dense_log_var_grads(blk, q, scale, grads):
 def _row_dot(blk, lg):
     """Σ_d x_bd lg_sbd for the block's rows, (S, c)."""
     if blk.sparse:
-        picked = lg[:, blk.rows, blk.cols] * blk.x  # (S, nnz_c)
-        return lg.new_zeros(lg.shape[0], blk.i1 - blk.i0).index_add_(1, blk.rows, picked)
+        return blk.row_sum(blk.at(lg) * blk.x)
     return torch.linalg.vecdot(lg, blk.x)
 
 
@@ -328,15 +364,16 @@ def _mixed_scale_grads(blk, gn, gm, go, e, t, f, g, grads):
         grads["g"] += torch.linalg.vecdot(q.T, blk.y.T)
         return
     A, C, R = _scale_block(blk, t, f, g, 1.0)
-    gm_nz = gm[blk.rows, blk.cols]
+    gm_nz = blk.at(gm)
+    A_nz, C_nz = blk.by_row(A), blk.by_col(C)
     # the zeros: ∂/∂log v = v ∂/∂v = v ⊙ gm / 2, summed over the zeros only
-    by_row = (gm @ C).index_add_(0, blk.rows, -gm_nz * C[blk.cols])
-    by_col = (gm.T @ A).index_add_(0, blk.cols, -gm_nz * A[blk.rows])
+    by_row = (gm @ C).sub_(blk.row_sum(gm_nz * C_nz))
+    by_col = (gm.T @ A).index_add_(0, blk.cols, -gm_nz * A_nz)
     # the non-zeros: ∂/∂log v = ½ std ⊙ Σ_s ε_s (∂ℓ_s of the normaliser + x · upstream)
-    std_nz = torch.sqrt(A[blk.rows] * C[blk.cols] * R)
-    g_ell = gn[:, blk.rows, blk.cols] + blk.x * go[:, blk.rows]  # (S, nnz_c)
+    std_nz = torch.sqrt(A_nz * C_nz * R)
+    g_ell = blk.at(gn) + blk.x * go.index_select(1, blk.rows)  # (S, nnz_c)
     d_log_v = 0.5 * std_nz * (g_ell * e).sum(0)  # (nnz_c,)
-    grads["t"][i0:i1] = (0.5 * A * by_row).index_add_(0, blk.rows, d_log_v)
+    grads["t"][i0:i1] = (0.5 * A * by_row).add_(blk.row_sum(d_log_v))
     grads["f"] += 0.5 * C * by_col
     grads["f"].index_add_(0, blk.cols, d_log_v)
     grads["g"].index_add_(0, blk.cols, d_log_v * blk.y)
@@ -348,12 +385,13 @@ def _scale_grads(blk, gv, scale, t, f, g, power, grads):
     i0, i1 = blk.i0, blk.i1
     if blk.sparse:
         A, C, R = _scale_block(blk, t, f, g, power)
-        gv_nz = gv[blk.rows, blk.cols]
+        gv_nz = blk.at(gv)
+        A_nz, C_nz = blk.by_row(A), blk.by_col(C)
         # Σ_d gv_bd A_b C_d (R_bd at the non-zeros), and over b for each d
-        by_row = (gv @ C).index_add_(0, blk.rows, gv_nz * C[blk.cols] * (R - 1.0))
-        by_col = (gv.T @ A).index_add_(0, blk.cols, gv_nz * A[blk.rows] * (R - 1.0))
+        by_row = (gv @ C).add_(blk.row_sum(gv_nz * C_nz * (R - 1.0)))
+        by_col = (gv.T @ A).index_add_(0, blk.cols, gv_nz * A_nz * (R - 1.0))
         grads["t"][i0:i1] = scale * A * by_row
         grads["f"] += scale * C * by_col
-        grads["g"].index_add_(0, blk.cols, scale * gv_nz * A[blk.rows] * C[blk.cols] * R * blk.y)
+        grads["g"].index_add_(0, blk.cols, scale * gv_nz * A_nz * C_nz * R * blk.y)
     else:
         _dense_log_var_grads(blk, gv * _scale_block(blk, t, f, g, power), scale, grads)

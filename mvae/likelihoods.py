@@ -726,7 +726,7 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
     ...                     kl_diag_to_lowrank(mean, log_var, prior)))
     True
     """
-    from .sparse_ops import sparse_dense_mm
+    from .sparse_ops import row_sums, sparse_dense_mm
 
     D = prior.loadings.shape[0]
     W = prior.loadings
@@ -739,13 +739,14 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
     cols = torch.cat([M * skip[:, None], skip_log_var[:, None]], dim=1)  # [aQ, aW, a s, g]
     yM = sparse_dense_mm(y, cols)  # (B, m + k + 2)
     if y.is_sparse:
-        rows, idx, vals = _coo_parts(y)
+        _, idx, vals = _coo_parts(y)
         vals = vals.to(right.dtype)
-        y_sq = (skip[idx] * vals).pow(2)  # (nnz,) (a_d y_bd)²
+        y_sq = (skip.index_select(0, idx) * vals).pow(2)  # (nnz,) (a_d y_bd)²
         # e^{g y} − 1 at the non-zeros: the zeros' variance is the base e^{t + f}
-        extra = base_var[idx] * torch.expm1(skip_log_var[idx] * vals)
-        sums = y_sq.new_zeros(2, y.shape[0]).index_add_(1, rows, torch.stack([y_sq, extra]))
-        y_sq, var_sum = sums[0], base_var.sum() + sums[1]  # (B,) each
+        extra = (base_var.index_select(0, idx)
+                 * torch.expm1(skip_log_var.index_select(0, idx) * vals))
+        sums = row_sums(y, torch.stack([y_sq, extra], dim=1))  # (B, 2)
+        y_sq, var_sum = sums[:, 0], base_var.sum() + sums[:, 1]  # (B,) each
     else:
         y_sq = y.pow(2) @ skip.pow(2)  # (B,)
         var_sum = _ExpWeightedSum.apply(y, skip_log_var, base_var)  # (B,) Σ_d e^{g y} e^f (1 − λ)

@@ -123,13 +123,19 @@ def _factored_case(rng, B, D, m, k, zero_frac):
 
 
 @pytest.mark.parametrize("layout", ["dense", "sparse"])
-@pytest.mark.parametrize("B,D,m,k,zero_frac", [(4, 6, 2, 1, 0.0), (5, 30, 4, 3, 0.7),
-                                               (3, 50, 11, 10, 0.95)])
-def test_factored_kl_equals_dense(layout, B, D, m, k, zero_frac):
+@pytest.mark.parametrize("B,D,m,k,zero_frac,empty", [(4, 6, 2, 1, 0.0, None),
+                                                     (5, 30, 4, 3, 0.7, None),
+                                                     (3, 50, 11, 10, 0.95, None),
+                                                     (5, 30, 4, 3, 0.7, [1, 4]),
+                                                     (3, 8, 2, 1, 0.5, [0, 1, 2])])
+def test_factored_kl_equals_dense(layout, B, D, m, k, zero_frac, empty):
     """The factored KL equals the dense Gaussian KL (numpy, explicit inverse and slogdet) of
-    the materialised posterior mean b + s + PQᵀ + a ⊙ y and variance exp(t + f + g ⊙ y)."""
+    the materialised posterior mean b + s + PQᵀ + a ⊙ y and variance exp(t + f + g ⊙ y);
+    ``empty``: samples without counts (rows of y without non-zeros; all of them in the last)."""
     rng = np.random.default_rng(B * D + m)
     y, p, pr = _factored_case(rng, B, D, m, k, zero_frac)
+    if empty is not None:
+        y[empty] = 0.0
     mean = pr["b"] + p["shift"] + p["left"] @ p["right"].T + p["skip"] * y
     var = np.exp(p["log_scale"][:, None] + p["feature_log_var"] + p["skip_log_var"] * y)
     Sigma = pr["W"] @ pr["W"].T + pr["s2"] * np.eye(D)

@@ -5,7 +5,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mvae.sparse_ops import column_bags, row_bags, sparse_dense_mm, sparse_mm, sparse_t_mm
+from mvae.sparse_ops import (column_bags, row_bags, row_sums, sparse_dense_mm, sparse_mm,
+                              sparse_t_mm)
 
 
 def _table(rng, n, D, density):
@@ -68,3 +69,29 @@ def test_products_and_gradient_against_scipy():
                                atol=1e-12)
     out.backward(torch.tensor(g))
     np.testing.assert_allclose(M.grad.numpy(), X.T @ g, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,D,density", [(7, 11, 0.3), (64, 500, 0.02)])
+def test_row_sums_against_scipy(n, D, density):
+    """Sums per row of values at the non-zeros (one column and two), empty rows included, and
+    the gradient: each value's weight is its row's upstream gradient."""
+    rng = np.random.default_rng(n + D)
+    X, y = _table(rng, n, D, density)
+    values = rng.normal(size=(X.nnz, 2))
+    coo = X.tocoo()  # row-major, as y's coalesced order
+    for j in range(2):
+        ref = sp.csr_matrix((values[:, j], (coo.row, coo.col)), shape=X.shape).sum(axis=1)
+        got = row_sums(y, torch.tensor(values[:, j]))
+        np.testing.assert_allclose(got.numpy(), np.asarray(ref).ravel(), rtol=1e-12)
+        np.testing.assert_allclose(row_sums(y, torch.tensor(values))[:, j].numpy(),
+                                   np.asarray(ref).ravel(), rtol=1e-12)
+    v = torch.tensor(values[:, 0], requires_grad=True)
+    up = rng.normal(size=n)
+    (row_sums(y, v) * torch.tensor(up)).sum().backward()
+    np.testing.assert_allclose(v.grad.numpy(), up[coo.row], rtol=1e-12)
+
+
+def test_row_sums_of_an_all_zero_batch_are_zero():
+    y = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (3, 5),
+                                check_invariants=True).coalesce()
+    assert torch.equal(row_sums(y, torch.zeros(0)), torch.zeros(3))

@@ -47,6 +47,7 @@ from ..likelihoods import (
     multinomial_log_prob_bound,
 )
 from ..factored import factored_multinomial_log_prob
+from ..sparse_ops import row_sums
 from .encoder import Encoder, log_ratio_input
 
 __all__ = ["LowRankDecoder", "MVAEConfig", "LossTerms", "Posterior", "FactoredPosterior",
@@ -286,8 +287,7 @@ class MultinomialVAEModule(LowRankDecoder):
         skip = self.skip_mean
         shift = -skip * (centre - centre.mean())  # (D,)
         if y.is_sparse:  # coalesced COO from log_ratio_input
-            rows, _ = y.indices()
-            y_bar = y.values().new_zeros(y.shape[0]).index_add_(0, rows, y.values()) / D  # (B,)
+            y_bar = row_sums(y, y.values()) / D  # (B,)
         else:
             y_bar = y.sum(-1) / D
         if self.config.posterior in ("lowrank", "factored"):
