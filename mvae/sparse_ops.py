@@ -103,13 +103,16 @@ class _SparseDenseProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, M):
         ctx.y = y
-        return sparse_mm(y, M) if y.is_sparse else y @ M
+        # dense: (Mᵀyᵀ)ᵀ, a transposed view; for a thin M (n = 45 columns in the KL) the CPU
+        # BLAS is ~1.5x faster in that layout than y @ M (0.27 against 0.40 ms at B = 128,
+        # D = 2,000), and as fast at n = 48
+        return sparse_mm(y, M) if y.is_sparse else (M.T @ y.T).T
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         y = ctx.y
-        return None, (sparse_t_mm(y, g) if y.is_sparse else y.T @ g)
+        return None, (sparse_t_mm(y, g) if y.is_sparse else (g.T @ y).T)
 
 
 def sparse_dense_mm(y: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
