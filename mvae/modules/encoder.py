@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..sparse_ops import sparse_mm, sparse_t_mm
+from ..sparse_ops import row_sums, sparse_mm, sparse_t_mm
 
 __all__ = ["log_ratio_input", "ClrLinear", "Encoder", "make_activation"]
 
@@ -77,8 +77,7 @@ class _CentredProduct(torch.autograd.Function):
         D = kernel.shape[0]
         if y.is_sparse:
             raw = sparse_mm(y, kernel)  # bag sums over the non-zeros (mvae.sparse_ops)
-            rows = y.indices()[0]
-            y_mean = y.values().new_zeros(y.shape[0]).index_add_(0, rows, y.values()) / D  # (B,)
+            y_mean = row_sums(y, y.values()) / D  # (B,)
         else:
             raw = y @ kernel
             y_mean = y.mean(dim=1)
