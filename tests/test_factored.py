@@ -52,6 +52,26 @@ def test_fused_equals_unfused_value_and_gradients(layout, estimator, S, chunk_ro
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-11, err_msg=name)
 
 
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+@pytest.mark.parametrize("chunk_rows", [4, 16, None])
+def test_blocks_of_16_rows_or_more(layout, chunk_rows):
+    """Blocks of at least 16 rows accumulate Q's gradient in the transposed layout: value and
+    gradients against the unfused Monte Carlo estimate, for blocks on either side of that."""
+    X, p, rng = _case(40, B=37, D=11, r=4)
+    y = torch.log1p(X / 0.5)
+    eps = torch.tensor(rng.normal(size=(2, *X.shape)))
+    weights = torch.tensor(rng.normal(size=(2, X.shape[0])))
+    xs, ys = (X.to_sparse(), y.to_sparse()) if layout == "sparse" else (X, y)
+    got = factored_multinomial_log_prob(*p.values(), ys, xs, eps, chunk_rows=chunk_rows)
+    mean, log_var = _dense_posterior(p, y)
+    want = gaussian_multinomial_log_prob(mean, torch.exp(0.5 * log_var), eps, X)
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-10)
+    g_got = torch.autograd.grad((got * weights).sum(), list(p.values()))
+    g_want = torch.autograd.grad((want * weights).sum(), list(p.values()))
+    for name, a, b in zip(NAMES, g_got, g_want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-11, err_msg=name)
+
+
 @pytest.mark.parametrize("estimator", ["mc", "bound", "mixed"])
 @pytest.mark.parametrize("chunk_rows", [1, 2, None])
 def test_sparse_layout_with_a_row_without_counts(estimator, chunk_rows):
