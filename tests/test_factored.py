@@ -24,6 +24,15 @@ def _case(seed, B=5, D=13, r=3, zero_frac=0.6):
             {n: torch.tensor(v, requires_grad=True) for n, v in parts.items()}, rng)
 
 
+def _assert_same(got, want, p, weights):
+    """Values equal, and the gradients of every part of the weighted sum."""
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-10)
+    g_got = torch.autograd.grad((got * weights).sum(), list(p.values()))
+    g_want = torch.autograd.grad((want * weights).sum(), list(p.values()))
+    for name, a, b in zip(NAMES, g_got, g_want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-11, err_msg=name)
+
+
 def _dense_posterior(p, y):
     mean = p["base"] + p["left"] @ p["right"].T + p["skip"] * y
     log_var = p["t"][:, None] + p["f"] + p["g"] * y
@@ -45,11 +54,7 @@ def test_fused_equals_unfused_value_and_gradients(layout, estimator, S, chunk_ro
         want = multinomial_log_prob_bound(mean, log_var.exp(), X)
     else:
         want = gaussian_multinomial_log_prob(mean, torch.exp(0.5 * log_var), eps, X)
-    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-10)
-    g_got = torch.autograd.grad((got * weights).sum(), list(p.values()))
-    g_want = torch.autograd.grad((want * weights).sum(), list(p.values()))
-    for name, a, b in zip(NAMES, g_got, g_want):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-11, err_msg=name)
+    _assert_same(got, want, p, weights)
 
 
 @pytest.mark.parametrize("layout", ["dense", "sparse"])
@@ -65,11 +70,7 @@ def test_blocks_of_16_rows_or_more(layout, chunk_rows):
     got = factored_multinomial_log_prob(*p.values(), ys, xs, eps, chunk_rows=chunk_rows)
     mean, log_var = _dense_posterior(p, y)
     want = gaussian_multinomial_log_prob(mean, torch.exp(0.5 * log_var), eps, X)
-    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-10)
-    g_got = torch.autograd.grad((got * weights).sum(), list(p.values()))
-    g_want = torch.autograd.grad((want * weights).sum(), list(p.values()))
-    for name, a, b in zip(NAMES, g_got, g_want):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-11, err_msg=name)
+    _assert_same(got, want, p, weights)
 
 
 @pytest.mark.parametrize("estimator", ["mc", "bound", "mixed"])
@@ -92,12 +93,8 @@ def test_sparse_layout_with_a_row_without_counts(estimator, chunk_rows):
                                         chunk_rows=chunk_rows)
     want = factored_multinomial_log_prob(*p.values(), y, X, eps, chunk_rows=chunk_rows,
                                          mixed=estimator == "mixed")
-    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-10)
     assert torch.all(torch.isfinite(got))
-    g_got = torch.autograd.grad((got * weights).sum(), list(p.values()))
-    g_want = torch.autograd.grad((want * weights).sum(), list(p.values()))
-    for name, a, b in zip(NAMES, g_got, g_want):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-11, err_msg=name)
+    _assert_same(got, want, p, weights)
 
 
 @pytest.mark.parametrize("estimator", ["mc", "bound"])
@@ -147,11 +144,7 @@ def test_mixed_estimator_equals_its_formula(layout, S, chunk_rows):
     ell = mean + torch.where(observed, eps * torch.exp(0.5 * log_var), 0.5 * log_var.exp())
     want = (X * ell).sum(-1) - X.sum(-1) * torch.logsumexp(ell, -1) + (
         torch.lgamma(X.sum(-1) + 1) - torch.lgamma(X + 1).sum(-1))
-    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-10)
-    g_got = torch.autograd.grad((got * weights).sum(), list(p.values()))
-    g_want = torch.autograd.grad((want * weights).sum(), list(p.values()))
-    for name, a, b in zip(NAMES, g_got, g_want):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-11, err_msg=name)
+    _assert_same(got, want, p, weights)
 
 
 def test_mixed_estimator_lies_between_the_bound_and_monte_carlo():
