@@ -32,11 +32,14 @@ import torch
 
 from .likelihoods import _coo_parts, count_depths, multinomial_log_const
 
-__all__ = ["factored_multinomial_log_prob", "CHUNK_ELEMENTS"]
+__all__ = ["factored_multinomial_log_prob", "CHUNK_ELEMENTS", "MIN_CHUNK_ROWS"]
 
 #: Entries of one (rows, D) block of the fused likelihood: 2¹⁹ float32 entries = 2 MiB, so the
 #: block's two or three live buffers stay in a 32 MiB shared L3 cache with room to spare.
 CHUNK_ELEMENTS = 2**19
+#: But never fewer rows than this per block: at D = 100,000 a 2 MiB block is 5 rows, and the
+#: block's thin products and its ~40 small operations then cost more than the cache saves.
+MIN_CHUNK_ROWS = 16
 
 
 def factored_multinomial_log_prob(left: torch.Tensor, right: torch.Tensor, base: torch.Tensor,
@@ -77,7 +80,8 @@ def factored_multinomial_log_prob(left: torch.Tensor, right: torch.Tensor, base:
     log_const : torch.Tensor, shape (B,), optional
         :math:`\\log N! - \\sum_d \\log x_d!` when already known.
     chunk_rows : int, optional
-        Rows per block (default: :data:`CHUNK_ELEMENTS` // D, at least 1).
+        Rows per block (default: :data:`CHUNK_ELEMENTS` // D, at least
+        :data:`MIN_CHUNK_ROWS`).
     mixed : bool
         With (S, B, D) draws: use them only where x > 0 and the bound at the zeros (the
         estimator of (S, nnz) draws, for dense counts).
@@ -113,7 +117,8 @@ def factored_multinomial_log_prob(left: torch.Tensor, right: torch.Tensor, base:
     elif y.is_sparse:
         raise ValueError("y must have the layout of counts")
     B, D = counts.shape
-    rows_per = int(chunk_rows) if chunk_rows else max(1, CHUNK_ELEMENTS // max(1, D))
+    rows_per = (int(chunk_rows) if chunk_rows
+                else max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(1, D)))
     if eps is None:
         mode = "bound"
     elif eps.dim() == 3:

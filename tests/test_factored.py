@@ -167,3 +167,22 @@ def test_mixed_estimator_lies_between_the_bound_and_monte_carlo():
     d, se_d = mean_se(mc - mixed)
     assert torch.all(d > -4 * se_d)
     assert torch.all(d > 0.2)  # and the zeros' noise matters here (70% zeros, 30 features)
+
+
+def test_default_blocks_have_at_least_min_chunk_rows(monkeypatch):
+    """With a cache budget below one row per block, the default blocks still hold
+    MIN_CHUNK_ROWS rows (the last one the rest), and the value is unchanged."""
+    import mvae.factored as fm
+
+    X, p, rng = _case(50, B=37, D=11, r=4)
+    y = torch.log1p(X / 0.5)
+    eps = torch.tensor(rng.normal(size=(1, *X.shape)))
+    want = factored_multinomial_log_prob(*p.values(), y, X, eps, chunk_rows=1)
+    sizes = []
+    blocks = fm._blocks
+    monkeypatch.setattr(fm, "_blocks", lambda *a: [sizes.append(b.i1 - b.i0) or b
+                                                   for b in blocks(*a)])
+    monkeypatch.setattr(fm, "CHUNK_ELEMENTS", 1)
+    got = factored_multinomial_log_prob(*p.values(), y, X, eps)
+    assert sizes == [fm.MIN_CHUNK_ROWS, fm.MIN_CHUNK_ROWS, 37 - 2 * fm.MIN_CHUNK_ROWS]
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-12)
