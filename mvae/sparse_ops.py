@@ -28,7 +28,7 @@ def _bags(keys: torch.Tensor, n_bags: int, members: torch.Tensor, values: torch.
     counts = torch.bincount(keys, minlength=n_bags)
     offsets = torch.cumsum(counts, 0).sub_(counts)
     if order is not None:
-        members, values = members[order], values[order]
+        members, values = members.index_select(0, order), values.index_select(0, order)
     return members, offsets, values
 
 
