@@ -19,6 +19,7 @@ all-reduce per step is what DDP's bucketing does for a model of this size.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -128,7 +129,18 @@ def init_from_env(device: str = "cpu") -> DistInfo | None:
     if not dist.is_initialized():
         backend = "nccl" if str(device).startswith("cuda") else "gloo"
         dist.init_process_group(backend=backend)
+        # leave the group before the interpreter tears down: a gloo group left to static
+        # destruction can abort the process at exit ("terminate called without an active
+        # exception", SIGABRT) after all its work is done, failing the whole torchrun launch
+        atexit.register(_leave_process_group)
     return current()
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_writer() -> bool:
