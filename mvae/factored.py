@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .likelihoods import _coo_parts, count_depths, multinomial_log_const
+from .likelihoods import _coo_parts, count_depths, multinomial_log_const, softmax_log_normaliser
 
 __all__ = ["factored_multinomial_log_prob", "CHUNK_ELEMENTS", "MIN_CHUNK_ROWS"]
 
@@ -264,12 +264,10 @@ class _FactoredLikelihood(torch.autograd.Function):
                 else:
                     m.add_(sc, alpha=0.5)
                 lg = m[None]  # (1, c, D): m + v/2, in place
-            top = lg.amax(-1, keepdim=True)
-            lg = lg.sub_(top).exp_()
-            total = lg.sum(-1, keepdim=True)
+            prob, log_norm = softmax_log_normaliser(lg)
             N = depth[i0:i1]
-            out[:, i0:i1] = dot - N * (top + total.log()).squeeze(-1)
-            torch.mul(lg, -N[:, None] / total, out=soft[:, i0:i1])
+            out[:, i0:i1] = dot - N * log_norm
+            torch.mul(prob, -N[:, None], out=soft[:, i0:i1])
         ctx.save_for_backward(soft, left, right, base, skip, t, f, g,
                               eps if noise is None else noise)
         ctx.blocks, ctx.mode = blocks, mode

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.special
 import scipy.stats
 import torch
 
@@ -13,6 +14,7 @@ from mvae.likelihoods import (
     kl_factored_to_lowrank,
     kl_normal_standard,
     multinomial_log_prob,
+    softmax_log_normaliser,
 )
 
 
@@ -281,3 +283,21 @@ def test_gaussian_multinomial_without_grad_keeps_nothing():
         a = gaussian_multinomial_log_prob(mean, torch.tensor(0.5), eps, X)
     b = multinomial_log_prob(mean + eps * 0.5, X)
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,rtol_z,rtol_p", [(torch.float64, 1e-14, 1e-12),
+                                                (torch.float32, 2e-7, 2e-5)])
+@pytest.mark.parametrize("S,B,D,scale", [(1, 1, 1, 1.0), (1, 5, 2, 30.0), (2, 4, 2_000, 3.0),
+                                         (1, 3, 20_000, 10.0)])
+def test_softmax_log_normaliser_matches_scipy(dtype, rtol_z, rtol_p, S, B, D, scale):
+    """Probabilities and log-normaliser against scipy in float64, in float32 to its precision
+    (torch's fused softmax uses a faster exponential than ``torch.exp``), logits far from 0."""
+    rng = np.random.default_rng(D + B)
+    logits = torch.tensor(rng.normal(size=(S, B, D)) * scale + rng.normal(size=(S, B, 1)) * 1e3,
+                          dtype=dtype)
+    prob, log_z = softmax_log_normaliser(logits)
+    logits = logits.double().numpy()  # the reference sees the same (rounded) inputs
+    want_z = scipy.special.logsumexp(logits, axis=-1)
+    np.testing.assert_allclose(log_z.double().numpy(), want_z, rtol=rtol_z, atol=0)
+    want_p = scipy.special.softmax(logits, axis=-1)
+    np.testing.assert_allclose(prob.double().numpy(), want_p, rtol=rtol_p, atol=1e-30)
