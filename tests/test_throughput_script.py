@@ -39,3 +39,44 @@ def test_cases_are_chosen_by_their_number_of_features():
     assert [c[0] for c in select_cases(CASES, [100_000, 200])] == [200, 100_000]
     with pytest.raises(SystemExit, match="no such case"):
         select_cases(CASES, [5_000])
+
+
+def test_compiled_prototype_runs_eagerly_and_its_loss_is_a_negative_elbo():
+    """The prototype of benchmarks/compiled_prototype.py trains (eager only: the compiler is not
+    needed here), and its loss at a point equals the ELBO written out with torch.distributions
+    (the KL by a dense covariance, the reconstruction by the multinomial's log-probability)."""
+    import numpy as np
+    import torch
+
+    from benchmarks.compiled_prototype import main, prototype
+
+    rows = main(D=30, steps=2, rounds=1, compile_=False)
+    assert set(rows[0]) == {"round", "reference", "eager"} and rows[0]["eager"] > 0
+
+    torch.manual_seed(0)
+    D = 6
+    model = prototype(D).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.poisson(5.0, size=(3, D)), dtype=torch.float64)
+    eps = torch.tensor(rng.normal(size=(3, D)))
+    with torch.no_grad():
+        got = model.loss(x, eps)
+        y = torch.log1p(x)
+        h = model.encoder(y)
+        left, t = model.left_head(h), model.scale_head(h)[:, 0]
+        mean = model.bias + left @ model.right.T + model.skip * y
+        var = torch.exp(t[:, None] + model.feature_log_var + model.skip_log_var * y)
+        cov = model.loadings @ model.loadings.T + model.log_noise.exp() * torch.eye(D)
+        q = torch.distributions.Normal(mean, var.sqrt())
+        prior = torch.distributions.MultivariateNormal(model.bias, covariance_matrix=cov)
+        kl = torch.stack([torch.distributions.kl_divergence(
+            torch.distributions.MultivariateNormal(mean[b], torch.diag(var[b])), prior)
+            for b in range(3)])
+        logits = q.mean + eps * q.stddev
+        recon = torch.distributions.Multinomial(probs=torch.softmax(logits, 1),
+                                                validate_args=False).log_prob(x)
+        recon = recon - (torch.lgamma(x.sum(1) + 1) - torch.lgamma(x + 1).sum(1))
+    assert float(got) == pytest.approx(float((kl - recon).mean()), rel=1e-8)
