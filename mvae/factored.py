@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from .likelihoods import _coo_parts, count_depths, multinomial_log_const, softmax_log_normaliser
+from .sparse_ops import segment_sums
 
 __all__ = ["factored_multinomial_log_prob", "CHUNK_ELEMENTS", "MIN_CHUNK_ROWS"]
 
@@ -177,9 +178,7 @@ class _Block:
 
     def row_sum(self, v):
         """Sums per row of values at the non-zeros: (nnz_c,) -> (c,), (S, nnz_c) -> (S, c)."""
-        if v.dim() == 1:
-            return torch.segment_reduce(v, "sum", offsets=self.offsets)
-        return torch.segment_reduce(v.T, "sum", offsets=self.offsets).T
+        return segment_sums(v, self.offsets) if v.dim() == 1 else segment_sums(v.T, self.offsets).T
 
     def by_row(self, a):
         """a (c,) per row, at the non-zeros (nnz_c,)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["row_bags", "column_bags", "row_sums", "sparse_mm", "sparse_t_mm", "sparse_dense_mm"]
+__all__ = ["row_bags", "column_bags", "row_sums", "segment_sums", "sparse_mm", "sparse_t_mm", "sparse_dense_mm"]
 
 
 def _bags(keys: torch.Tensor, n_bags: int, members: torch.Tensor, values: torch.Tensor,
@@ -80,7 +80,23 @@ def row_sums(y: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """
     _, starts, _ = row_bags(y)
     ends = starts.new_full((1,), values.shape[0])
-    return torch.segment_reduce(values, "sum", offsets=torch.cat([starts, ends]))
+    return segment_sums(values, torch.cat([starts, ends]))
+
+
+def segment_sums(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Sums of the contiguous segments ``values[offsets[i]:offsets[i + 1]]`` along the first
+    axis: (nnz, ...) -> (len(offsets) - 1, ...); differentiable in ``values``; empty segments sum
+    to 0.
+
+    The one place mvae calls ``torch.segment_reduce``: it has CPU and CUDA kernels and autograd,
+    but is not in torch's documented API (``index_add_`` over segment numbers is the fallback,
+    should a later torch drop it).
+
+    >>> import torch
+    >>> segment_sums(torch.tensor([1.0, 2.0, 5.0]), torch.tensor([0, 2, 2, 3]))
+    tensor([3., 0., 5.])
+    """
+    return torch.segment_reduce(values, "sum", offsets=offsets)
 
 
 def _bag_sums(bags, M: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mvae.sparse_ops import (column_bags, row_bags, row_sums, sparse_dense_mm, sparse_mm,
-                              sparse_t_mm)
+from mvae.sparse_ops import (column_bags, row_bags, row_sums, segment_sums, sparse_dense_mm,
+                              sparse_mm, sparse_t_mm)
 
 
 def _table(rng, n, D, density):
@@ -95,3 +95,17 @@ def test_row_sums_of_an_all_zero_batch_are_zero():
     y = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (3, 5),
                                 check_invariants=True).coalesce()
     assert torch.equal(row_sums(y, torch.zeros(0)), torch.zeros(3))
+
+
+def test_segment_sums_against_slices():
+    """Segments of random lengths (empty ones at the start, middle and end), 1-D and 2-D values,
+    against numpy sums of the slices."""
+    rng = np.random.default_rng(11)
+    lengths = np.array([0, 3, 0, 0, 5, 1, 7, 0])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = rng.normal(size=(offsets[-1], 3))
+    want = np.stack([values[a:b].sum(0) for a, b in zip(offsets[:-1], offsets[1:])])
+    got = segment_sums(torch.tensor(values), torch.tensor(offsets))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(segment_sums(torch.tensor(values[:, 0]), torch.tensor(offsets))
+                               .numpy(), want[:, 0], rtol=1e-12, atol=1e-15)
