@@ -78,6 +78,10 @@ def row_sums(y: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     >>> row_sums(y, torch.tensor([1.0, 2.0, 5.0]))
     tensor([3., 0., 5.])
     """
+    if not y.is_coalesced() or values.shape[0] != y._nnz():
+        raise ValueError("row_sums needs a coalesced y and one value (row) per non-zero, in its "
+                         f"order: y coalesced={y.is_coalesced()}, {y._nnz()} non-zeros, values "
+                         f"{tuple(values.shape)}")
     _, starts, _ = row_bags(y)
     ends = starts.new_full((1,), values.shape[0])
     return segment_sums(values, torch.cat([starts, ends]))

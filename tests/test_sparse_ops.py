@@ -109,3 +109,15 @@ def test_segment_sums_against_slices():
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(segment_sums(torch.tensor(values[:, 0]), torch.tensor(offsets))
                                .numpy(), want[:, 0], rtol=1e-12, atol=1e-15)
+
+
+def test_row_sums_refuses_values_it_cannot_place():
+    """Values are matched to y's coalesced order: an uncoalesced y, or a count of values other
+    than its non-zeros, is an error rather than a silently wrong sum."""
+    idx = torch.tensor([[1, 0], [0, 2]])
+    y = torch.sparse_coo_tensor(idx, torch.tensor([1.0, 2.0]), (2, 3),
+                                check_invariants=True)  # not coalesced
+    with pytest.raises(ValueError, match="coalesced"):
+        row_sums(y, torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="one value"):
+        row_sums(y.coalesce(), torch.tensor([1.0, 2.0, 3.0]))
