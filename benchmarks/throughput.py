@@ -66,9 +66,10 @@ def make_counts(n, D, density, seed=0):
     return sp.csr_matrix((data, cols, np.arange(0, n * k + 1, k)), shape=(n, D))
 
 
-def run_reference(X, epochs, seed=0, tuned=False):
+def run_reference(X, epochs, seed=0, tuned=False, device="cpu"):
     """The plain-torch loop; ``tuned`` gives it what mvae's loop has beyond plain torch (fused
-    Adam, freed buffers kept in the heap), so that the ratio measures the model's work."""
+    Adam, freed buffers kept in the heap), so that the ratio measures the model's work.
+    ``device``: where it trains (``benchmarks/device_throughput.py`` runs it on a GPU)."""
     import contextlib
 
     import torch
@@ -78,15 +79,17 @@ def run_reference(X, epochs, seed=0, tuned=False):
 
     torch.manual_seed(seed)
     n, D = X.shape
-    dense = torch.as_tensor(X.toarray(), dtype=torch.float32)  # the reference keeps dense input
-    enc = nn.Sequential(nn.Linear(D, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2 * K))
-    dec = nn.Linear(K, D)
+    # the reference keeps dense input
+    dense = torch.as_tensor(X.toarray(), dtype=torch.float32, device=device)
+    enc = nn.Sequential(nn.Linear(D, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2 * K)).to(device)
+    dec = nn.Linear(K, D).to(device)
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3, fused=tuned)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     steps = n // BATCH
     t_cpu, t_wall = time.process_time(), time.perf_counter()
     with reuse_freed_memory() if tuned else contextlib.nullcontext():
         _reference_epochs(dense, enc, dec, opt, gen, epochs, steps)
+    _synchronise(device)
     cpu, wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
     return steps * BATCH * epochs, cpu, wall
 
@@ -97,12 +100,13 @@ def _reference_epochs(dense, enc, dec, opt, gen, epochs, steps):
 
     n = dense.shape[0]
     for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen, device=dense.device)
         for s in range(steps):
             x = dense[order[s * BATCH:(s + 1) * BATCH]]
             h = enc(torch.log1p(x))
             mu, log_var = h[:, :K], h[:, K:]
-            z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * log_var)
+            noise = torch.randn(mu.shape, generator=gen, device=mu.device)
+            z = mu + noise * torch.exp(0.5 * log_var)
             log_p = torch.log_softmax(dec(z), dim=-1)
             recon = (x * log_p).sum(-1)
             kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).sum(-1)
@@ -113,7 +117,7 @@ def _reference_epochs(dense, enc, dec, opt, gen, epochs, steps):
     assert np.isfinite(loss.item())
 
 
-def run_mvae(X, epochs, objective, posterior, reconstruction="auto", seed=0):
+def run_mvae(X, epochs, objective, posterior, reconstruction="auto", seed=0, device="cpu"):
     import torch
 
     from mvae.data import CountData
@@ -129,12 +133,22 @@ def run_mvae(X, epochs, objective, posterior, reconstruction="auto", seed=0):
     pooled, centre, scale = _input_statistics(X, 1.0)
     module.initialise_from_data(torch.as_tensor(pooled, dtype=torch.float32),
                                 torch.as_tensor(centre, dtype=torch.float32), scale)
-    data = CountData(X)
+    module.to(device)
+    data = CountData(X, device=device)
     conf = TrainConfig(max_epochs=epochs, batch_size=BATCH, early_stopping=False, seed=seed)
     t_cpu, t_wall = time.process_time(), time.perf_counter()
     train_module(module, data, None, conf, handle_signals=False)
+    _synchronise(device)
     cpu, wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
     return (n // BATCH) * BATCH * epochs, cpu, wall
+
+
+def _synchronise(device):
+    """Wait for a GPU's queued work, so that wall time covers it (a no-op on the CPU)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def child(args):

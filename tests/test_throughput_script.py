@@ -80,3 +80,18 @@ def test_compiled_prototype_runs_eagerly_and_its_loss_is_a_negative_elbo():
                                                 validate_args=False).log_prob(x)
         recon = recon - (torch.lgamma(x.sum(1) + 1) - torch.lgamma(x + 1).sum(1))
     assert float(got) == pytest.approx(float((kl - recon).mean()), rel=1e-8)
+
+
+def test_device_throughput_script_runs_on_the_cpu(tmp_path):
+    """benchmarks/device_throughput.py (written for a GPU session) runs its whole path on the CPU
+    at a small size and writes its table; the reference is its own ratio 1."""
+    from benchmarks.device_throughput import main
+
+    rows = main("cpu", cases=[(300, 0.05, 256)], epochs=1, repeats=1, out=str(tmp_path))
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"reference", "mvae-default", "mvae-sampled"}
+    assert by["reference"]["ratio"] == 1.0
+    assert all(r["samples_per_s"] > 0 and r["peak_gpu_mb"] is None for r in rows)
+    table = (tmp_path / "device_throughput.md").read_text()
+    assert "| 300 (5%) | mvae-default |" in table
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 3
