@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["row_bags", "column_bags", "row_sums", "segment_sums", "sparse_mm", "sparse_t_mm", "sparse_dense_mm"]
+__all__ = ["row_bags", "column_bags", "row_sums", "segment_sums", "sparse_mm", "sparse_t_mm",
+           "sparse_dense_mm"]
 
 
 def _bags(keys: torch.Tensor, n_bags: int, members: torch.Tensor, values: torch.Tensor,
