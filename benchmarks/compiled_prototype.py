@@ -14,8 +14,9 @@ would fuse, or of the model itself. It writes the default model's loss in plain 
 
 trains it with fused Adam (batch 128, one thread, freed buffers kept in the heap as mvae's loop
 does), once eagerly and once through ``torch.compile`` (inductor; needs a C++ compiler), and
-prints ms per CPU-second of each beside the reference's, round by round. It is a prototype for
-the measurement only: no pseudocount centring, no skip of y's row mean, no gradient clipping.
+prints the CPU milliseconds per step of each beside the reference's, round by round. It is a
+prototype for the measurement only: no pseudocount centring, no skip of y's row mean, no
+gradient clipping.
 
     python benchmarks/compiled_prototype.py               # eager and compiled, 3 rounds
     python benchmarks/compiled_prototype.py --no-compile  # eager only (no compiler needed)
