@@ -3,7 +3,8 @@
 A checkpoint is written to a temporary file in the same directory, flushed and fsync-ed, renamed over
 the old one with ``os.replace`` (atomic on POSIX), and the directory is fsync-ed so the rename itself
 survives a power cut. A reader therefore sees either the previous checkpoint or the new one, never a
-half-written file. Stale temporary files from a killed writer are swept by :func:`sweep_temporary`.
+half-written file. The temporary file is named after its target (``.ck.pt.mvae-tmp-XXXX``), and
+:func:`sweep_temporary` removes a killed writer's stale ones for that target only.
 
 Checkpoints hold tensors, numbers and strings only, and are read exclusively through
 :func:`load_checkpoint`, which passes ``weights_only=True`` to ``torch.load`` explicitly: with that
@@ -14,6 +15,7 @@ fallback to a full unpickle.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
@@ -26,6 +28,11 @@ __all__ = ["atomic_write_bytes", "save_checkpoint", "load_checkpoint", "sweep_te
            "sha256_file", "write_model_files", "read_model_files", "TMP_PREFIX"]
 
 TMP_PREFIX = ".mvae-tmp-"
+
+
+def _temporary_prefix(path: Path) -> str:
+    """The name of ``path``'s temporary files up to mkstemp's random part."""
+    return f".{path.name}{TMP_PREFIX}"
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -48,7 +55,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as fh:
@@ -130,13 +137,20 @@ def _umask() -> int:
     return mask
 
 
-def sweep_temporary(directory) -> int:
-    """Remove temporary files left by an interrupted :func:`atomic_write_bytes`; return how many."""
-    directory = Path(directory)
-    if not directory.is_dir():
+def sweep_temporary(path) -> int:
+    """Remove the temporary files an interrupted :func:`atomic_write_bytes` of ``path`` left
+    beside it; return how many.
+
+    Only ``path``'s own: the directory may be shared (``mvae fit`` puts OUTDIR.checkpoint.pt
+    beside OUTDIR), and another process writing another file there at this moment must keep its
+    temporary file (sweeping every ``.mvae-tmp-*`` file made a second fit starting in the same
+    directory delete the first one's checkpoint before its rename).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
         return 0
     removed = 0
-    for p in directory.glob(TMP_PREFIX + "*"):
+    for p in path.parent.glob(glob.escape(_temporary_prefix(path)) + "*"):
         try:
             p.unlink()
             removed += 1

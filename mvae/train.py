@@ -326,7 +326,7 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
     sums = np.zeros(3)
 
     if checkpoint_path is not None and writes_checkpoints:
-        sweep_temporary(Path(checkpoint_path).parent)
+        sweep_temporary(checkpoint_path)
     ck = None
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         ck = load_checkpoint(checkpoint_path)

@@ -60,7 +60,7 @@ def test_sigterm_then_resume_is_bitwise_equal(reference, tmp_path, monkeypatch, 
     np.testing.assert_array_equal(resumed.transform(X), ref.transform(X))
     np.testing.assert_array_equal(resumed.history_.train_loss, ref.history_.train_loss)
     np.testing.assert_array_equal(resumed.history_.validation_loss, ref.history_.validation_loss)
-    assert not list(tmp_path.glob(TMP_PREFIX + "*"))
+    assert not list(tmp_path.glob("*" + TMP_PREFIX + "*"))
 
 
 def test_resume_refuses_other_data_or_settings(tmp_path):
@@ -86,7 +86,7 @@ def test_failed_write_leaves_previous_file_and_no_temp(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(target, b"new contents that never land")
     assert target.read_bytes() == b"old contents"
-    assert not list(tmp_path.glob(TMP_PREFIX + "*"))
+    assert not list(tmp_path.glob("*" + TMP_PREFIX + "*"))
 
 
 class _Payload:
@@ -245,3 +245,27 @@ def test_sigint_gives_exit_code_130_and_resumes(reference, tmp_path, monkeypatch
     monkeypatch.setattr(train, "train_module", original)
     resumed = MultinomialVAE(**SETTINGS).fit(X, checkpoint=ck, resume=True)
     np.testing.assert_array_equal(resumed.transform(X), ref.transform(X))
+
+
+def test_a_fit_sweeps_only_its_own_checkpoints_stale_temporary_files(tmp_path):
+    """A killed writer's temporary file of this checkpoint is removed when a fit starts; another
+    process's temporary file in the same directory (another fit's checkpoint being written at
+    that moment) is left alone."""
+    from mvae.checkpoint import sweep_temporary
+
+    X = _table()
+    ck = tmp_path / "ck.pt"
+    stale = tmp_path / f".ck.pt{TMP_PREFIX}abc123"
+    other = tmp_path / f".other.checkpoint.pt{TMP_PREFIX}def456"
+    stale.write_bytes(b"half a checkpoint")
+    other.write_bytes(b"another fit's checkpoint, mid-write")
+    MultinomialVAE(**SETTINGS).fit(X, checkpoint=ck, checkpoint_every=1)
+    assert ck.is_file() and not stale.exists()
+    assert other.read_bytes() == b"another fit's checkpoint, mid-write"
+    # names with glob characters are matched literally
+    odd = tmp_path / "run[1].pt"
+    (tmp_path / f".run[1].pt{TMP_PREFIX}x").write_bytes(b"")
+    (tmp_path / f".run1.pt{TMP_PREFIX}y").write_bytes(b"")
+    assert sweep_temporary(odd) == 1
+    assert (tmp_path / f".run1.pt{TMP_PREFIX}y").exists()
+    assert sweep_temporary(tmp_path / "missing" / "ck.pt") == 0
