@@ -20,12 +20,29 @@ all-reduce per step is what DDP's bucketing does for a model of this size.
 from __future__ import annotations
 
 import atexit
+import collections
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = ["DistInfo", "current", "init_from_env", "is_writer"]
+
+# The tensors of the recent collectives, kept referenced from Python past the interpreter's end.
+# A gloo worker thread can hold a finished collective's work, with its tensors, until the group's
+# teardown; after destroy_process_group the group (and its workers) can outlive the interpreter
+# (creating any torch optimiser in the process kept it alive here), so a worker may drop a work
+# only at exit. If Python had dropped that tensor, the drop must take the GIL, the worker thread
+# is torn down inside a destructor and the process aborts ("terminate called without an active
+# exception", SIGABRT, after every output was written: 7 of ~200 runs of
+# test_two_ranks_resume_from_rank_0s_checkpoint's script; the core dump showed
+# ProcessGroupGloo::runLoop -> ~AsyncAllreduceWork -> decref_pyobject -> take_gil ->
+# pthread_exit; holding only the last tensor did not help, 2 of ~40). A tensor that Python still
+# references needs no GIL to be dropped by a worker: the last 64 are held here (the gradient
+# buffers emptied, so they cost no memory) and leaked at exit by _leave_process_group (0 aborts
+# in 100 runs); older ones are dropped while training goes on, when a worker taking the GIL is
+# harmless.
+_RECENT: collections.deque = collections.deque(maxlen=64)
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,7 @@ class DistInfo:
         params = [p for p in module.parameters() if p.requires_grad]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
+        _RECENT.append(flat)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.world
         offset = 0
@@ -50,6 +68,7 @@ class DistInfo:
             size = g.numel()
             p.grad = flat[offset:offset + size].view_as(p).clone()
             offset += size
+        flat.set_()  # its memory is freed now; the (empty) tensor stays in _RECENT
 
     def average(self, values: np.ndarray) -> np.ndarray:
         """Mean over the ranks of a small float array (every rank gets the result)."""
@@ -61,6 +80,7 @@ class DistInfo:
         import torch.distributed as dist
 
         t = torch.as_tensor(np.array(values, dtype=np.float64))
+        _RECENT.append(t)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.numpy()
 
@@ -69,7 +89,9 @@ class DistInfo:
         import torch.distributed as dist
 
         for t in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(t.data, src=0)
+            data = t.data
+            _RECENT.append(data)
+            dist.broadcast(data, src=0)
 
     def scan(self, stream):
         """:meth:`StreamingCounts.scan` of the whole of ``stream``, each rank reading only its own
@@ -141,6 +163,12 @@ def _leave_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    # a deliberate leak of at most 64 small or emptied tensors: they must outlive the
+    # interpreter's teardown, during which a gloo worker may still drop them (see _RECENT)
+    import ctypes
+
+    for t in _RECENT:
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(t))
 
 
 def is_writer() -> bool:

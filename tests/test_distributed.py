@@ -140,3 +140,33 @@ def test_two_ranks_resume_from_rank_0s_checkpoint(tmp_path):
     assert ranks[0]["epochs"] == ranks[1]["epochs"] == [1, 2, 3, 4]
     # averaged gradients and the same loaded optimiser state: identical parameters on both ranks
     np.testing.assert_array_equal(ranks[0]["params"], ranks[1]["params"])
+
+
+def test_collectives_keep_their_last_tensor_referenced_without_its_memory():
+    """The recent collectives' tensors stay referenced from Python (so that a gloo worker thread
+    releasing it never needs the GIL at exit; see mvae.distributed._RECENT), the gradient buffer's
+    memory is freed all the same, and the values are right: a one-rank gloo group in this
+    process, each gradient its own mean."""
+    import torch
+    import torch.distributed as dist
+
+    from mvae import distributed
+    from mvae.distributed import DistInfo
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
+                            world_size=1)
+    try:
+        module = torch.nn.Linear(3, 2)
+        module(torch.ones(4, 3)).sum().backward()
+        want = [p.grad.clone() for p in module.parameters()]
+        DistInfo(0, 1).average_gradients(module)
+        for p, w in zip(module.parameters(), want):
+            assert torch.equal(p.grad, w)
+        kept = distributed._RECENT[-1]
+        assert kept.numel() == 0  # referenced, but its storage is gone
+        out = DistInfo(0, 1).sum(np.array([1.5, 2.0]))
+        np.testing.assert_array_equal(out, [1.5, 2.0])
+        assert distributed._RECENT[-1] is not kept and distributed._RECENT[-2] is kept
+    finally:
+        dist.destroy_process_group()
+        distributed._RECENT.clear()
