@@ -165,10 +165,13 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
     # a deliberate leak of at most 64 small or emptied tensors: they must outlive the
     # interpreter's teardown, during which a gloo worker may still drop them (see _RECENT)
-    import ctypes
+    try:
+        import ctypes
 
-    for t in _RECENT:
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(t))
+        for t in _RECENT:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(t))
+    except (ImportError, AttributeError):  # not CPython: nothing to keep alive this way
+        pass
 
 
 def is_writer() -> bool:
