@@ -151,9 +151,8 @@ def init_from_env(device: str = "cpu") -> DistInfo | None:
     if not dist.is_initialized():
         backend = "nccl" if str(device).startswith("cuda") else "gloo"
         dist.init_process_group(backend=backend)
-        # leave the group before the interpreter tears down: a gloo group left to static
-        # destruction can abort the process at exit ("terminate called without an active
-        # exception", SIGABRT) after all its work is done, failing the whole torchrun launch
+        # leave the group before the interpreter tears down, and keep the collectives' recent
+        # tensors alive past it: leaving alone did not stop the abort at exit (see _RECENT)
         atexit.register(_leave_process_group)
     return current()
 
