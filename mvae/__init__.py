@@ -10,7 +10,7 @@ Heavy dependencies (torch, anndata, scikit-bio, biom-format) are imported on fir
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> module that defines it; resolved lazily by __getattr__
 _LAZY = {

@@ -264,18 +264,6 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
               help="Pseudocount c in the encoder input log(x + c).")
 @click.option("--objective", default="marginal", type=click.Choice(["marginal", "sampled"]),
               help="ELBO form (marginal integrates z out; sampled is catvae's).")
-@click.option("--posterior", default="factored",
-              type=click.Choice(["full", "hybrid", "factored", "lowrank"]),
-              help="Parametrisation of the marginal objective's posterior over the D logits "
-                   "(docs/model.md §4): factored is about twice as fast as full at D >= 20,000 "
-                   "and as accurate on the simulation benchmark; lowrank is the least accurate.")
-@click.option("--reconstruction", default="auto",
-              type=click.Choice(["auto", "mc", "mixed", "bound"]),
-              help="Estimator of the expected log-likelihood with the marginal objective: "
-                   "Monte Carlo draws (mc); draws for the observed features and the Jensen bound "
-                   "over the zero counts (mixed; faster on wide sparse tables); the bound "
-                   "everywhere (bound; deterministic, no (B, D) random numbers); or auto: mixed "
-                   "for tables kept sparse (density below 5%), mc otherwise.")
 @click.option("--basis", default=None, type=click.Choice(["helmert", "balanced", "tree"]),
               help="ILR basis of loadings_ilr.tsv [default: tree when --tree is given, else "
                    "helmert].")
@@ -320,8 +308,7 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
               help="With --stream: memory budget of one chunk of samples, in MiB.")
 @_verbosity
 @click.pass_context
-def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, objective,
-        posterior, reconstruction, basis,
+def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, objective, basis,
         tree, layer, orientation, epochs, batch_size, lr, seed, threads, device, metadata, color,
         top, min_abs, force, checkpoint_every, resume, distributed, stream, chunk_mb, quiet,
         verbose):
@@ -334,8 +321,6 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
     temporary sibling and renamed into place at the end.
     """
     _check_verbosity(quiet, verbose)
-    if reconstruction in ("mixed", "bound") and objective != "marginal":
-        raise click.UsageError(f"--reconstruction {reconstruction} needs --objective marginal.")
     if basis is None:
         basis = "tree" if tree is not None else "helmert"
     if basis == "tree" and tree is None:
@@ -350,8 +335,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
 
         return MultinomialVAE(
             n_latent=latent_dim, encoder_depth=encoder_depth, n_hidden=hidden,
-            pseudocount=pseudocount, objective=objective, posterior=posterior,
-            reconstruction=reconstruction, basis=basis,
+            pseudocount=pseudocount, objective=objective, basis=basis,
             tree=str(tree) if tree else None, max_epochs=epochs, batch_size=batch_size,
             learning_rate=lr, random_state=seed, threads=threads, device=device,
             progress=not quiet and _stderr_is_tty(),
@@ -780,9 +764,6 @@ def _model_summary(path: Path) -> dict:
         "encoder depth": int(model.encoder_depth),
         "hidden": int(model.n_hidden),
         "objective": model.objective,
-        "posterior": model.posterior if model.objective == "marginal" else None,
-        "reconstruction": (model.reconstruction if model.reconstruction != "auto"  # what ran:
-                           else f"auto ({model.module_.config.reconstruction})"),
         "pseudocount": float(model.pseudocount),
         "basis": model.basis,
         "parameters": n_params,

@@ -59,28 +59,13 @@ class MultinomialVAE:
     objective : {"marginal", "sampled"}
         ``marginal`` integrates z out analytically (learns σ and the spectrum of W);
         ``sampled`` is catvae's form, kept for comparison.
-    posterior : {"factored", "full", "hybrid", "lowrank"}
-        Parametrisation of the ``marginal`` objective's posterior over the D logits (see
-        docs/model.md §4). ``factored`` (default): mean b̃ + R g(u) + a ⊙ clr(log(x + c)) with a
-        (D, r) factor R of its own, variance exp(s(u) + c_d + β_d log(x_d/c + 1)) with s(u) one
-        scalar per sample; O(D r) per sample and a fused, chunked likelihood, about twice as fast
-        as ``full`` at D ≥ 20,000. ``full``: width-H → D heads for mean and variance (about 4x a
-        plain VAE's matrix work; the earlier default). ``hybrid``: the ``full`` mean with the
-        ``factored`` variance. ``lowrank``: as ``factored`` with R = W̃, the decoder's own
-        loadings, which lets the encoder pull on the decoder: the least accurate. Accuracy of
-        all four on simulations and the real tables: benchmarks/results/posteriors/.
     posterior_rank : int
-        r, the width of the ``factored`` posterior's mean factor (default 32).
-    reconstruction : {"auto", "mc", "mixed", "bound"}
-        Estimator of E_q[log p(x | ℓ)] in the ``marginal`` ELBO: ``mc`` reparameterised Monte
-        Carlo draws (``n_mc_samples`` per sample and step); ``bound`` the deterministic Jensen
-        bound x·m − N log Σ_d exp(m_d + v_d/2), a lower bound of the same ELBO that needs no
-        (B, D) random numbers; ``mixed`` draws for the non-zero counts and the bound over the
-        zeros, a lower bound between the two that draws only nnz numbers for a sparse table.
-        ``auto`` (default): ``mixed`` when the table is kept sparse (density below 5%), where it
-        is 1.3x faster at D = 20,000 and was as accurate as ``mc``; ``mc`` otherwise, where
-        ``mixed`` and ``bound`` were slightly less accurate on the simulations (docs/model.md
-        §5).
+        r, the width of the ``marginal`` posterior's mean factor: q(ℓ | x) has mean
+        b̃ + R g(u) + a ⊙ clr(log(x + c)) with a (D, r) factor R of its own and variance
+        exp(s(u) + c_d + β_d log(x_d/c + 1)), s(u) one scalar per sample (docs/model.md). The
+        expected log-likelihood is estimated by Monte Carlo for tables kept dense, and with
+        draws at the non-zero counts and the Jensen bound at the zeros for tables kept sparse
+        (density below 5%): the choice follows the data, not a setting.
     basis : {"helmert", "balanced", "tree"}
         ILR basis used to report loadings and covariances in balance coordinates. Training does not
         depend on it (it runs in clr coordinates).
@@ -125,8 +110,7 @@ class MultinomialVAE:
 
     def __init__(self, n_latent: int = 10, *, encoder_depth: int = 2, n_hidden: int = 128,
                  pseudocount: float = 1.0, objective: str = "marginal",
-                 posterior: str = "factored", posterior_rank: int = 32, reconstruction: str = "auto",
-                 basis: str = "helmert",
+                 posterior_rank: int = 32, basis: str = "helmert",
                  tree=None, activation: str = "gelu", dropout: float = 0.0, n_mc_samples: int = 1,
                  batch_size: int = 128, max_epochs: int | None = None,
                  learning_rate: float = 3e-3,
@@ -139,9 +123,7 @@ class MultinomialVAE:
         self.n_hidden = n_hidden
         self.pseudocount = pseudocount
         self.objective = objective
-        self.posterior = posterior
         self.posterior_rank = posterior_rank
-        self.reconstruction = reconstruction
         self.basis = basis
         self.tree = tree
         self.activation = activation
@@ -185,15 +167,8 @@ class MultinomialVAE:
              and self.pseudocount > 0, "pseudocount", "need a finite number > 0")
         need(self.objective in ("marginal", "sampled"), "objective",
              "choose 'marginal' or 'sampled'")
-        need(self.posterior in ("full", "hybrid", "lowrank", "factored"), "posterior",
-             "choose 'full', 'hybrid', 'lowrank' or 'factored'")
         need(is_int(self.posterior_rank) and self.posterior_rank >= 1, "posterior_rank",
              "need an integer >= 1")
-        need(self.reconstruction in ("auto", "mc", "bound", "mixed"), "reconstruction",
-             "choose 'auto', 'mc', 'bound' or 'mixed'")
-        need(self.reconstruction in ("auto", "mc") or self.objective == "marginal",
-             "reconstruction",
-             f"'{self.reconstruction}' needs objective='marginal'")
         need(self.basis in _BASES, "basis", f"choose one of {_BASES}")
         need(self.basis != "tree" or self.tree is not None, "tree",
              "basis='tree' needs a Newick tree (tree=...)")
@@ -452,23 +427,17 @@ class MultinomialVAE:
         """Build the module, initialise it from the training data and run the training loop."""
         import torch
 
-        from .data import SPARSE_DENSITY
         from .distributed import current
-        from .modules import MultinomialVAEModule, MVAEConfig, resolve_reconstruction
+        from .modules import MultinomialVAEModule, MVAEConfig
         from .train import TrainConfig, train_module
 
         D = len(self.feature_ids_)
-        # "auto" is settled here from the table's density, once, and the module is built with
-        # the estimator it stands for (a streamed table's batches are always sparse tensors)
-        reconstruction = resolve_reconstruction(self.reconstruction, self.objective,
-                                                train_data.density < SPARSE_DENSITY)
         config = MVAEConfig(n_features=D, n_latent=int(self.n_latent), n_hidden=int(self.n_hidden),
                             encoder_depth=int(self.encoder_depth),
                             pseudocount=float(self.pseudocount), objective=self.objective,
                             activation=self.activation, dropout=float(self.dropout),
-                            n_mc_samples=int(self.n_mc_samples), posterior=self.posterior,
-                            posterior_rank=int(self.posterior_rank),
-                            reconstruction=reconstruction)
+                            n_mc_samples=int(self.n_mc_samples),
+                            posterior_rank=int(self.posterior_rank))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_)
             module = MultinomialVAEModule(config)
@@ -633,11 +602,11 @@ class MultinomialVAE:
     def score_samples(self, X, *, layer: str | None = None, n_samples: int = 16) -> np.ndarray:
         """Per-sample negative ELBO in nats (higher = more anomalous), shape (n,).
 
-        Monte Carlo estimate with ``n_samples`` draws and noise fixed by the model's seed, so repeated
-        calls agree, whatever ``reconstruction`` the model was trained with (the scores of all
-        models estimate the same ELBO). Divide by the sample's depth for a per-read score. ``X``
-        may also be a :class:`~mvae.streaming.StreamingCounts` with the model's features (read
-        chunk by chunk).
+        Monte Carlo estimate with ``n_samples`` draws at every feature (each chunk of samples is
+        made dense for it, so sparse and dense tables get the same estimator) and noise fixed by
+        the model's seed, so repeated calls agree. Divide by the sample's depth for a per-read
+        score. ``X`` may also be a :class:`~mvae.streaming.StreamingCounts` with the model's
+        features (read chunk by chunk).
         """
         import torch
 
@@ -654,9 +623,8 @@ class MultinomialVAE:
             batches = self._batches(M, copies=4 * n_samples)
         gen = torch.Generator().manual_seed(self.seed_ + 3)
         with torch_threads(self.threads), torch.no_grad():
-            parts = [self.module_.loss(b, generator=gen, n_samples=n_samples,
-                                       reconstruction="mc").negative_elbo()
-                     .double().numpy() for b in batches]
+            parts = [self.module_.loss(_dense_batch(b), generator=gen, n_samples=n_samples)
+                     .negative_elbo().double().numpy() for b in batches]
         return np.concatenate(parts)
 
     def denoise(self, X, *, layer: str | None = None) -> np.ndarray:
@@ -793,9 +761,8 @@ class MultinomialVAE:
         config, tensors = read_model_files(
             path, formats=(_FORMAT,), schema_version=SCHEMA_VERSION,
             wrong_format=lambda fmt: "not an mvae MultinomialVAE config")
+        _refuse_retired_settings(config, cfg_path)
         try:
-            for part in ("params", "module_config"):  # files from before the key: trained by mc
-                config[part].setdefault("reconstruction", "mc")
             model = cls(**config["params"])
             mconf = MVAEConfig(**config["module_config"])
             module = MultinomialVAEModule(mconf)
@@ -826,6 +793,39 @@ class MultinomialVAE:
                                  f"tensors have {mconf.n_features} features")
         model._set_ordered_form()
         return model
+
+
+#: Settings that earlier versions accepted and this one has retired: name -> (the value that is
+#: still what the model does, or None when every recorded value is retired; the last version
+#: that reads a file recording another value).
+RETIRED_SETTINGS = {"posterior": ("factored", "0.1.0"), "reconstruction": ("auto", "0.1.0")}
+
+
+def _refuse_retired_settings(config, cfg_path) -> None:
+    """Drop retired settings that name what the model still does; refuse any other value with a
+    ModelFileError naming the setting and the last version that reads it. Edits ``config``."""
+    params, module_config = config.get("params"), config.get("module_config")
+    if not isinstance(params, dict) or not isinstance(module_config, dict):
+        return  # the general checks in load() report a malformed config
+    for name, (kept, last_version) in RETIRED_SETTINGS.items():
+        value = params.pop(name, kept)
+        module_config.pop(name, None)  # the module's record of the same choice (or its resolution)
+        applies = name != "posterior" or params.get("objective", "marginal") == "marginal"
+        if applies and value != kept:
+            raise ModelFileError(
+                f"{cfg_path}: this model was fitted with {name}={value!r}, a setting this version "
+                f"of mvae no longer has (only the default, {name}={kept!r}, remains). mvae "
+                f"{last_version} is the last version that reads it: load it there "
+                f"(pip install 'mvae=={last_version}'), or refit the table with this version.")
+
+
+def _dense_batch(batch):
+    """A CountBatch with dense counts (the Monte Carlo estimator draws at every feature)."""
+    from .data import CountBatch
+
+    if not batch.counts.is_sparse:
+        return batch
+    return CountBatch(batch.counts.to_dense(), batch.log_const)
 
 
 #: Dense entries per inference chunk (rows x features x copies): about 64 MB of float32.

@@ -58,7 +58,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .data import CountBatch, CountData
+from .data import SPARSE_DENSITY, CountBatch, CountData
 from .errors import InputError
 
 __all__ = ["StreamingCounts", "TableScan", "DEFAULT_MAX_BYTES", "BYTES_PER_NNZ",
@@ -276,8 +276,9 @@ class StreamingCounts:
         Shape of the table as served (after ``rows`` and ``features``).
     n_chunks, chunk_rows : int
     sparse : bool
-        Always True: batches are sparse COO tensors, as :class:`~mvae.data.CountData` gives for
-        sparse tables.
+        Whether batches are sparse COO tensors: as :class:`~mvae.data.CountData` decides, from
+        the density of the whole file (below ``SPARSE_DENSITY``); dense tensors otherwise. The
+        model's estimator follows this layout, so a table gets the same one streamed or not.
     density : float
         Fraction of non-zero entries of the whole file (the same for every subset and shard, so
         that every process of a distributed fit makes the same density-based choices).
@@ -294,8 +295,6 @@ class StreamingCounts:
     file stays open until :meth:`close` (or the end of a ``with`` block); objects made by
     :meth:`subset` and :meth:`shard` share it.
     """
-
-    sparse = True
 
     def __init__(self, path, *, rows=None, features=None, chunk_rows: int | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES, layer: str | None = None,
@@ -317,6 +316,7 @@ class StreamingCounts:
         self.n_samples = len(self._rows)
         self.n_features = src.n_cols if self._features is None else len(self._features)
         self.density = float(src.indptr[-1]) / max(1, src.n_rows * src.n_cols)
+        self.sparse = self.density < SPARSE_DENSITY
         if self.n_samples == 0 or self.n_features == 0:
             raise InputError(f"{src.shown}: no samples or no features selected "
                              f"({self.n_samples} x {self.n_features}).")
@@ -341,7 +341,15 @@ class StreamingCounts:
         return self.n_samples
 
     def batch(self, index) -> CountBatch:
-        """Rows ``index`` (positions, LongTensor of shape (B,)): sparse COO counts and constants.
+        """Rows ``index`` (positions, LongTensor of shape (B,)): counts (sparse COO for a sparse
+        table, else dense) and constants."""
+        batch = self._sparse_batch(index)
+        if self.sparse:
+            return batch
+        return CountBatch(batch.counts.to_dense(), batch.log_const)
+
+    def _sparse_batch(self, index) -> CountBatch:
+        """Rows ``index`` as sparse COO counts and constants.
 
         Rows from one chunk are sliced from the cached chunk (read if needed). A batch that spans
         several chunks is assembled piece by piece, the cached chunk first, keeping one chunk in

@@ -1,7 +1,7 @@
 """torch modules: each owns its maths (inference, generative model, loss terms), nothing else."""
 
 from .encoder import ClrLinear, Encoder, log_ratio_input
-from .mvae import LossTerms, MultinomialVAEModule, MVAEConfig, Posterior, resolve_reconstruction
+from .mvae import LossTerms, MultinomialVAEModule, MVAEConfig, Posterior
 
 __all__ = [
     "ClrLinear",
@@ -11,5 +11,4 @@ __all__ = [
     "MultinomialVAEModule",
     "MVAEConfig",
     "Posterior",
-    "resolve_reconstruction",
 ]
