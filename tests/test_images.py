@@ -17,15 +17,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from mvae.cli_images import images as images_cli
 from mvae.errors import InputError, ModelFileError
-from mvae.image_likelihoods import (
-    bernoulli_log_prob,
-    bits_per_dim,
-    discretized_logistic_log_prob,
-    gaussian_log_prob,
-    log_prob,
-)
+from mvae.images.cli import images as images_cli
 from mvae.images.data import ImageData, ImageSet, read_images, split_indices
 from mvae.images.grids import comparison_grid, image_grid
 from mvae.images.landscapes import (
@@ -34,8 +27,15 @@ from mvae.images.landscapes import (
     photo_crops,
     procedural_landscapes,
 )
+from mvae.images.likelihoods import (
+    bernoulli_log_prob,
+    bits_per_dim,
+    discretized_logistic_log_prob,
+    gaussian_log_prob,
+    log_prob,
+)
 from mvae.images.model import ConvAutoencoder, ConvVAE, DenoisingAutoencoder, load_model
-from mvae.modules.conv import (
+from mvae.images.modules import (
     ConvAutoencoderModule,
     ConvConfig,
     ConvVAEModule,
