@@ -35,7 +35,48 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 class _Group(click.Group):
-    """Turn the errors mvae raises on purpose into a one-line message and exit code 2."""
+    """The ``mvae`` group: loads subcommands from other modules on demand, and turns the errors
+    mvae raises on purpose into a one-line message and exit code 2.
+
+    Parameters
+    ----------
+    lazy_commands : dict of str to (str, str), optional
+        Subcommand name -> (``"module.path:attribute"`` of its click command, its short help).
+        The module is imported only when the subcommand is looked up by name (invoked, or its
+        own ``--help``); ``mvae --help`` lists it with the short help given here, so that
+        neither ``mvae --help`` nor ``mvae fit`` imports it.
+    """
+
+    def __init__(self, *args, lazy_commands: dict[str, tuple[str, str]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx):
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            from importlib import import_module
+
+            module, _, attribute = self.lazy_commands[cmd_name][0].partition(":")
+            self.add_command(getattr(import_module(module), attribute), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx, formatter):
+        """The command list of ``--help``; a lazy command's short help comes from the mapping."""
+        names = [name for name in self.list_commands(ctx)
+                 if name in self.lazy_commands or not self.commands[name].hidden]
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)  # as click.Group does
+        rows = []
+        for name in names:
+            # a stand-in command shortens the mapping's text exactly as click shortens a help
+            command = (click.Command(name, help=self.lazy_commands[name][1])
+                       if name in self.lazy_commands else self.commands[name])
+            rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx):
         from .errors import MVAEError, TrainingInterrupted
@@ -57,7 +98,17 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-@click.group(cls=_Group, context_settings=CONTEXT)
+# Command groups that live in other modules, imported only when used (see _Group):
+# name -> ("module.path:attribute", short help for `mvae --help`, = the group's first sentence).
+LAZY_COMMANDS = {
+    "benchmark": ("mvae.cli_benchmark:benchmark",
+                  "Simulation benchmarks with known truth (results as CSV, markdown and PNG)."),
+    "images": ("mvae.images.cli:images",
+               "Convolutional VAE, autoencoder and denoising autoencoder for images."),
+}
+
+
+@click.group(cls=_Group, lazy_commands=LAZY_COMMANDS, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="mvae")
 def main():
     """Multinomial variational autoencoders for count tables (microbiome, single-cell).
@@ -811,13 +862,6 @@ def _table_summary(path: Path, layer, orientation) -> dict:
         "first features": [str(f) for f in adata.var_names[:3]],
     }
 
-
-# Command groups that live in their own modules (each imports its heavy dependencies lazily).
-from .cli_benchmark import benchmark  # noqa: E402
-from .cli_images import images  # noqa: E402
-
-main.add_command(benchmark)
-main.add_command(images)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,7 @@
 Same conventions as :class:`mvae.MultinomialVAE`: ``__init__`` only stores its arguments, ``fit``
 checks them and trains with the shared loop (:func:`mvae.train.train_module`), learned state ends
 in ``_``, and ``save``/``load`` write ``model.safetensors`` + ``config.json`` (never a pickle). The
-maths lives in :mod:`mvae.modules.conv`.
+maths lives in :mod:`mvae.images.modules`.
 
 Images go in as an :class:`~mvae.images.data.ImageSet`, a channels-last array ``(n, H, W[, C])``
 (``uint8`` 0–255 or float 0–1) or a path (folder of PNG/JPEG, ``.npy``/``.npz``, CSV of pixel
@@ -97,7 +97,7 @@ class _ImageModel:
 
     # ------------------------------------------------------------------ fit
     def _module_class(self):
-        from ..modules.conv import (
+        from .modules import (
             ConvAutoencoderModule,
             ConvVAEModule,
             DenoisingAutoencoderModule,
@@ -107,7 +107,7 @@ class _ImageModel:
                 "dae": DenoisingAutoencoderModule}[self._kind]
 
     def _module_config(self, shape: tuple[int, int, int], likelihood: str):
-        from ..modules.conv import ConvConfig
+        from .modules import ConvConfig
 
         H, W, C = shape
         p = self.get_params()
@@ -243,7 +243,7 @@ class _ImageModel:
 
     def bits_per_dim(self, X, **kw) -> float:
         """Mean of :meth:`score_samples` over X in bits per dimension: nats / (C·H·W·log 2)."""
-        from ..image_likelihoods import bits_per_dim
+        from .likelihoods import bits_per_dim
 
         scores = self.score_samples(X, **kw)
         return float(bits_per_dim(scores.mean(), int(np.prod(self.image_shape_))))
@@ -300,7 +300,7 @@ class ConvVAE(_ImageModel):
         Latent dimensions k.
     n_filters, depth, n_hidden, n_blocks
         Filters of the first stage (doubled per stage), number of stride-2 stages, width of the
-        dense layers, extra 3x3 convolutions per stage (see :class:`mvae.modules.conv.ConvConfig`).
+        dense layers, extra 3x3 convolutions per stage (see :class:`mvae.images.modules.ConvConfig`).
     likelihood : {"auto", "bernoulli", "logistic", "gaussian"}
         p(x | z). ``auto``: Bernoulli for binary images or ``binarize``, discretised logistic for
         8-bit images, Gaussian for other float images.
@@ -330,7 +330,7 @@ class ConvVAE(_ImageModel):
 
     Attributes
     ----------
-    module_ : mvae.modules.conv.ConvVAEModule
+    module_ : mvae.images.modules.ConvVAEModule
     likelihood_ : str
     image_shape_ : (H, W, C)
     history_ : pandas.DataFrame
@@ -549,7 +549,7 @@ def load_model(path):
     import pandas as pd
 
     from ..checkpoint import read_model_files
-    from ..modules.conv import ConvConfig
+    from .modules import ConvConfig
 
     path = Path(path)
     if path.is_file() and path.name in ("config.json", "model.safetensors"):
