@@ -35,16 +35,11 @@ torch.set_num_threads(1)
 import mvae
 try:  # the layout after the consolidation
     from mvae.counts import MultinomialVAEModule, MVAEConfig
-except ImportError:
-    from mvae.modules import MultinomialVAEModule, MVAEConfig
-try:
     from mvae.training.batches import CountData
-except ImportError:
+except ImportError:  # mvae 0.1.0
+    from mvae.modules import MultinomialVAEModule, MVAEConfig
     from mvae.data import CountData
-try:
-    from mvae.counts.statistics import input_statistics
-except ImportError:
-    from mvae.model import _input_statistics as input_statistics
+from mvae.model import _input_statistics as input_statistics
 D, density, n, steps = {D}, {density}, {n}, {steps}
 X = make_counts(n, D, density)
 torch.manual_seed(0)

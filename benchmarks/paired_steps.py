@@ -49,7 +49,7 @@ def _module(X, overrides: dict):
     import torch
 
     from mvae.model import _input_statistics
-    from mvae.modules import MultinomialVAEModule, MVAEConfig
+    from mvae.counts import MultinomialVAEModule, MVAEConfig
 
     torch.manual_seed(0)
     n, D = X.shape
@@ -85,8 +85,8 @@ def run(variants: dict[str, dict], case, steps: int = 8, rounds: int = 8,
     import numpy as np
     import torch
 
-    from mvae.data import CountData
-    from mvae.train import _adam, _clip_gradients, reuse_freed_memory
+    from mvae.training.batches import CountData
+    from mvae.training.loop import _adam, _clip_gradients, reuse_freed_memory
 
     torch.set_num_threads(1)
     D, density, n, _ = case

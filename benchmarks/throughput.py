@@ -11,7 +11,7 @@ these local ratios over the rounds is reported with their range.
 The reference is the floor the issue names: encoder D -> 128 -> (mean, log-variance) of k, decoder
 k -> D, multinomial likelihood from log-softmax, standard-normal KL, Adam, batch 128, dense input
 sliced from a dense tensor, no ILR, nothing else. mvae is measured with its own training loop
-(`mvae.train.train_module`) and data path (`mvae.data.CountData`, sparse below 5% density).
+(`mvae.training.loop.train_module`) and data path (`mvae.training.batches.CountData`, sparse below 5% density).
 
 Usage::
 
@@ -73,7 +73,7 @@ def run_reference(X, epochs, seed=0, tuned=False, device="cpu"):
     import torch
     from torch import nn
 
-    from mvae.train import reuse_freed_memory
+    from mvae.training.loop import reuse_freed_memory
 
     torch.manual_seed(seed)
     n, D = X.shape
@@ -118,10 +118,10 @@ def _reference_epochs(dense, enc, dec, opt, gen, epochs, steps):
 def run_mvae(X, epochs, objective, seed=0, device="cpu"):
     import torch
 
-    from mvae.data import CountData
+    from mvae.training.batches import CountData
     from mvae.model import _input_statistics
-    from mvae.modules import MultinomialVAEModule, MVAEConfig
-    from mvae.train import TrainConfig, train_module
+    from mvae.counts import MultinomialVAEModule, MVAEConfig
+    from mvae.training.loop import TrainConfig, train_module
 
     torch.manual_seed(seed)
     n, D = X.shape

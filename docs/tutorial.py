@@ -292,8 +292,8 @@ def _run(config: Config) -> dict:
     import mvae
     from mvae.baselines import clr_pca
     from mvae.cli import main as mvae_cli
-    from mvae.compositions import clr_pseudocount
-    from mvae.metadata import align_metadata, read_metadata
+    from mvae.maths.compositions import clr_pseudocount
+    from mvae.io.metadata import align_metadata, read_metadata
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(config.out_dir)

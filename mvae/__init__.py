@@ -15,12 +15,12 @@ __version__ = "0.2.0"
 # public name -> module that defines it; resolved lazily by __getattr__
 _LAZY = {
     "MultinomialVAE": "mvae.model",
-    "read_counts": "mvae.io",
+    "read_counts": "mvae.io.tables",
     "simulate": "mvae.simulate",
     "Simulation": "mvae.simulate",
-    "HelmertBasis": "mvae.compositions",
-    "TreeBasis": "mvae.compositions",
-    "LowRankCovariance": "mvae.covariance",
+    "HelmertBasis": "mvae.maths.compositions",
+    "TreeBasis": "mvae.maths.compositions",
+    "LowRankCovariance": "mvae.maths.covariance",
     "InputError": "mvae.errors",
     "ModelFileError": "mvae.errors",
 }

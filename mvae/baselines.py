@@ -29,7 +29,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from mvae.covariance import LowRankCovariance
+from mvae.maths.covariance import LowRankCovariance
 from mvae.errors import InputError
 
 __all__ = [

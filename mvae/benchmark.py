@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .outputs import json_default
+from .io.outputs import json_default
 
 __all__ = [
     "Regime",
@@ -342,7 +342,7 @@ def evaluate_estimate(table: _Table, *, loadings=None, noise_variance=None, cova
     correlations derived from the covariance (SparCC). Subspaces of dense covariances are their
     top-k eigenvectors. Features with zero estimated variance get correlation 0.
     """
-    from .covariance import LowRankCovariance
+    from .maths.covariance import LowRankCovariance
     from .metrics import (
         correlation_agreement,
         covariance_to_correlation,
@@ -429,7 +429,7 @@ def _run_reference(task: Task, table: _Table, config: EncoderDepthConfig) -> lis
         NonAmortisedConfig,
         NonAmortisedModule,
     )
-    from .train import TrainConfig, train_module
+    from .training.loop import TrainConfig, train_module
 
     X = table.train[:, table.kept]
     n, Dk = X.shape
@@ -531,7 +531,7 @@ def run_task(task: Task, config: EncoderDepthConfig, out_dir) -> list[dict]:
     """Run one task (unless its JSON exists) and write ``out_dir/runs/<task_id>.json``
     atomically. Returns its rows."""
     from .errors import TrainingInterrupted
-    from .train import torch_threads
+    from .training.loop import torch_threads
 
     path = Path(out_dir) / "runs" / f"{task.task_id}.json"
     if path.is_file():

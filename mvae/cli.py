@@ -27,7 +27,7 @@ import click
 from . import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
-ORIENTATIONS = ("samples-as-rows", "features-as-rows")  # = mvae.io.ORIENTATIONS (not imported)
+ORIENTATIONS = ("samples-as-rows", "features-as-rows")  # = mvae.io.tables.ORIENTATIONS (not imported)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -175,7 +175,7 @@ def _load_model(path: Path):
 
 
 def _read_table(path: Path, layer, orientation):
-    from .io import read_counts
+    from .io.tables import read_counts
 
     return read_counts(path, layer=layer, orientation=orientation)
 
@@ -183,7 +183,7 @@ def _read_table(path: Path, layer, orientation):
 def _resolve_threads(threads):
     if threads is not None:
         return int(threads)
-    from .train import default_threads
+    from .training.loop import default_threads
 
     return default_threads()
 
@@ -207,7 +207,7 @@ def _check_device(device: str) -> str:
 def _check_table_usable(adata, table: Path, latent_dim: int) -> None:
     """Fail before training, naming TABLE, when too little is left after empty rows/columns."""
     from .errors import InputError
-    from .validation import drop_empty
+    from .io.validation import drop_empty
 
     try:
         with warnings.catch_warnings():
@@ -228,7 +228,7 @@ def _check_tree(tree: Path, adata) -> None:
     """Fail before training when the tree cannot give a basis for the table's features."""
     import numpy as np
 
-    from .compositions import TreeBasis
+    from .maths.compositions import TreeBasis
     from .errors import InputError
 
     try:
@@ -379,7 +379,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
     if tree is not None and basis != "tree":
         raise click.UsageError(f"--tree is only used with --basis tree (got --basis {basis}).")
 
-    from .outputs import ResultsDirectory
+    from .io.outputs import ResultsDirectory
 
     def make_model():
         from .model import MultinomialVAE
@@ -396,7 +396,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
         _check_streamable(table, orientation)
     max_bytes = chunk_mb * 2**20
     if distributed:
-        from .distributed import init_from_env, is_writer
+        from .training.distributed import init_from_env, is_writer
 
         init_from_env(device)
         if not is_writer():  # other ranks train their shard and write nothing
@@ -412,10 +412,10 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
     started = time.time()
     cpu0 = time.process_time()
     with ResultsDirectory(outdir, force=force) as results:  # fails here if OUTDIR is unusable
-        from .io import sha256_file
+        from .io.tables import sha256_file
 
         if stream:
-            from .streaming import StreamingCounts
+            from .io.streaming import StreamingCounts
 
             with StreamingCounts(table, layer=layer, max_bytes=max_bytes) as whole:
                 sample_names, n_obs, n_vars = whole.sample_ids, len(whole), whole.n_features
@@ -429,7 +429,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
         colour = colour_kind = None
         md_info = None
         if metadata is not None:
-            from .metadata import align_metadata, metadata_column, read_metadata
+            from .io.metadata import align_metadata, metadata_column, read_metadata
 
             md = align_metadata(read_metadata(metadata), sample_names, table=str(table))
             md_info = {"path": str(metadata.absolute()), "sha256": sha256_file(metadata)}
@@ -467,7 +467,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
             fitted = adata
         fit_seconds = time.perf_counter() - t_fit
 
-        from .outputs import package_versions, write_fit_results
+        from .io.outputs import package_versions, write_fit_results
 
         run = {
             "command": ctx.command_path,
@@ -537,7 +537,7 @@ def transform(model_dir, table, output, layer, orientation, threads, quiet, verb
     """
     import pandas as pd
 
-    from .outputs import atomic_path, write_tsv
+    from .io.outputs import atomic_path, write_tsv
 
     _check_verbosity(quiet, verbose)
     with atomic_path(output) as tmp:
@@ -569,7 +569,7 @@ def score(model_dir, table, output, layer, orientation, n_samples, threads, quie
     import numpy as np
     import pandas as pd
 
-    from .outputs import atomic_path, write_tsv
+    from .io.outputs import atomic_path, write_tsv
 
     _check_verbosity(quiet, verbose)
     with atomic_path(output) as tmp:
@@ -612,8 +612,8 @@ def score(model_dir, table, output, layer, orientation, n_samples, threads, quie
 @_verbosity
 def sample(model_dir, n, output, depth, prefix, seed, quiet, verbose):
     """Draw N new count samples from a fitted MODEL's generative model into a BIOM file."""
-    from .io import write_biom
-    from .outputs import atomic_path
+    from .io.tables import write_biom
+    from .io.outputs import atomic_path
 
     _check_verbosity(quiet, verbose)
     with atomic_path(output) as tmp:
@@ -640,7 +640,7 @@ def network(model_dir, output, top, min_abs, threads, quiet, verbose):
     Writes feature_a, feature_b, correlation, covariance (TSV), sorted by |correlation|;
     computed in chunks from the low-rank covariance, never as a dense D x D matrix.
     """
-    from .outputs import atomic_path, write_tsv
+    from .io.outputs import atomic_path, write_tsv
 
     _check_verbosity(quiet, verbose)
     with atomic_path(output) as tmp:
@@ -703,8 +703,8 @@ def simulate(outdir, n_samples, n_features, latent_dim, depth, depth_sd, sigma,
     import numpy as np
     import pandas as pd
 
-    from .io import write_biom
-    from .outputs import ResultsDirectory, package_versions, write_tsv
+    from .io.tables import write_biom
+    from .io.outputs import ResultsDirectory, package_versions, write_tsv
     from .simulate import simulate as run_simulation
 
     _check_verbosity(quiet, verbose)

@@ -1,7 +1,7 @@
 """The user-facing multinomial VAE: fit / transform / score / sample / save / load.
 
 ``MultinomialVAE`` owns data handling and training; the maths lives in
-:class:`mvae.modules.MultinomialVAEModule`. scikit-learn conventions: ``__init__`` only stores its
+:class:`mvae.counts.MultinomialVAEModule`. scikit-learn conventions: ``__init__`` only stores its
 arguments, ``fit`` checks them, learned state ends in ``_``.
 
 Results are reported in an ordered orthogonal form, as PCA users expect: W is identified only up to a
@@ -219,7 +219,7 @@ class MultinomialVAE:
         """Counts of new data as a CSR matrix over ``feature_ids_`` (validated)."""
         import scipy.sparse as sp
 
-        from .validation import check_counts
+        from .io.validation import check_counts
 
         self._check_fitted()
         M, sample_ids, feature_ids = self._extract(X, layer)
@@ -279,9 +279,9 @@ class MultinomialVAE:
         -------
         self
         """
-        from .data import CountData
-        from .train import resolve_device, torch_threads
-        from .validation import check_counts, drop_empty
+        from .training.batches import CountData
+        from .training.loop import resolve_device, torch_threads
+        from .io.validation import check_counts, drop_empty
 
         if resume and self.random_state is None:
             raise InputError("resume=True needs a fixed random_state (the checkpoint records "
@@ -326,7 +326,7 @@ class MultinomialVAE:
                    resume: bool = False) -> "MultinomialVAE":
         """Fit to an HDF5 ``.biom`` or ``.h5ad`` table without loading it into memory.
 
-        Rows are read in chunks of about ``max_bytes`` (see :class:`mvae.streaming.StreamingCounts`),
+        Rows are read in chunks of about ``max_bytes`` (see :class:`mvae.io.streaming.StreamingCounts`),
         shuffled chunk by chunk each epoch; one pass over the file finds the all-zero samples and
         features, the depths and the input statistics. Memory is bounded by the chunk size plus
         O(n + D) bookkeeping. Results are the same kind as :meth:`fit`'s but not bitwise equal to
@@ -334,15 +334,15 @@ class MultinomialVAE:
 
         Under ``torch.distributed`` (e.g. ``torchrun ... mvae fit --stream --distributed``) each
         rank reads only its own contiguous block of rows, in the scan, the input statistics and
-        training (see ``sharded`` in :func:`mvae.train.train_module`); the sums are added up
+        training (see ``sharded`` in :func:`mvae.training.loop.train_module`); the sums are added up
         over the ranks, so every rank starts from the same statistics and rank 0's initial
         weights.
         """
-        from .checkpoint import sha256_file
-        from .distributed import current
-        from .streaming import StreamingCounts
-        from .train import resolve_device, torch_threads
-        from .validation import DroppedWarning
+        from .training.checkpoint import sha256_file
+        from .training.distributed import current
+        from .io.streaming import StreamingCounts
+        from .training.loop import resolve_device, torch_threads
+        from .io.validation import DroppedWarning
 
         if resume and self.random_state is None:
             raise InputError("resume=True needs a fixed random_state (the checkpoint records "
@@ -427,9 +427,9 @@ class MultinomialVAE:
         """Build the module, initialise it from the training data and run the training loop."""
         import torch
 
-        from .distributed import current
-        from .modules import MultinomialVAEModule, MVAEConfig
-        from .train import TrainConfig, train_module
+        from .training.distributed import current
+        from .counts import MultinomialVAEModule, MVAEConfig
+        from .training.loop import TrainConfig, train_module
 
         D = len(self.feature_ids_)
         config = MVAEConfig(n_features=D, n_latent=int(self.n_latent), n_hidden=int(self.n_hidden),
@@ -497,7 +497,7 @@ class MultinomialVAE:
         return h.hexdigest()
 
     def _make_basis(self, feature_ids):
-        from .compositions import HelmertBasis, TreeBasis
+        from .maths.compositions import HelmertBasis, TreeBasis
 
         D = len(feature_ids)
         if self.basis == "helmert":
@@ -550,7 +550,7 @@ class MultinomialVAE:
 
     def _batches(self, M, copies: int = 1):
         """Row chunks of M sized so that ``copies`` dense (rows, D) tensors stay near 64 MB."""
-        from .data import CountData
+        from .training.batches import CountData
 
         rows = int(np.clip(INFERENCE_ENTRIES // (copies * M.shape[1]), 1, 1024))
         return CountData(M, "cpu").chunks(rows)
@@ -558,7 +558,7 @@ class MultinomialVAE:
     def _transform_csr(self, M) -> np.ndarray:
         import torch
 
-        from .train import torch_threads
+        from .training.loop import torch_threads
 
         with torch_threads(self.threads), torch.no_grad():
             parts = [self.module_.latent_mean(b).double().numpy()
@@ -571,7 +571,7 @@ class MultinomialVAE:
         New tables may have their features in another order or be a subset/superset when given as
         AnnData or DataFrame: missing features are zero-filled and unknown ones dropped, with a warning.
         """
-        from .streaming import StreamingCounts
+        from .io.streaming import StreamingCounts
 
         if isinstance(X, StreamingCounts):
             return self._transform_stream(X)
@@ -587,7 +587,7 @@ class MultinomialVAE:
         """Embeddings of a StreamingCounts table read chunk by chunk (features must match)."""
         import torch
 
-        from .train import torch_threads
+        from .training.loop import torch_threads
 
         self._check_stream_features(data)
         rows = int(np.clip(INFERENCE_ENTRIES // (4 * data.n_features), 1, 1024))
@@ -605,14 +605,14 @@ class MultinomialVAE:
         Monte Carlo estimate with ``n_samples`` draws at every feature (each chunk of samples is
         made dense for it, so sparse and dense tables get the same estimator) and noise fixed by
         the model's seed, so repeated calls agree. Divide by the sample's depth for a per-read
-        score. ``X`` may also be a :class:`~mvae.streaming.StreamingCounts` with the model's
+        score. ``X`` may also be a :class:`~mvae.io.streaming.StreamingCounts` with the model's
         features (read chunk by chunk).
         """
         import torch
 
-        from .train import torch_threads
+        from .training.loop import torch_threads
 
-        from .streaming import StreamingCounts
+        from .io.streaming import StreamingCounts
 
         if isinstance(X, StreamingCounts):
             self._check_stream_features(X)
@@ -688,7 +688,7 @@ class MultinomialVAE:
 
         clr: Σ = W̃W̃ᵀ + σ²H (D x D); ilr: Σ = WWᵀ + σ²I (D−1 x D−1). Call ``.dense()`` for a matrix.
         """
-        from .covariance import LowRankCovariance
+        from .maths.covariance import LowRankCovariance
 
         self._check_fitted()
         if space == "clr":
@@ -708,7 +708,7 @@ class MultinomialVAE:
     def network(self, top: int = 1000, *, min_abs: float = 0.0):
         """Strongest feature–feature clr correlations as an edge list (DataFrame), computed in chunks
         (numpy BLAS limited to ``threads``)."""
-        from .train import torch_threads
+        from .training.loop import torch_threads
 
         with torch_threads(self.threads):
             return self.covariance("clr").top_correlations(top, min_abs=min_abs)
@@ -718,8 +718,8 @@ class MultinomialVAE:
         """Write ``model.safetensors`` and ``config.json`` into directory ``path`` (no pickle)."""
         import torch
 
-        from .checkpoint import write_model_files
-        from .outputs import package_versions
+        from .training.checkpoint import write_model_files
+        from .io.outputs import package_versions
 
         self._check_fitted()
         tensors = {f"module.{k}": v.detach().cpu().contiguous()
@@ -752,9 +752,9 @@ class MultinomialVAE:
         """Load a model written by :meth:`save` (safetensors + JSON; never unpickles)."""
         import pandas as pd
 
-        from .checkpoint import read_model_files
-        from .compositions import basis_from_config
-        from .modules import MultinomialVAEModule, MVAEConfig
+        from .training.checkpoint import read_model_files
+        from .maths.compositions import basis_from_config
+        from .counts import MultinomialVAEModule, MVAEConfig
 
         path = Path(path)
         cfg_path = path / "config.json"
@@ -821,7 +821,7 @@ def _refuse_retired_settings(config, cfg_path) -> None:
 
 def _dense_batch(batch):
     """A CountBatch with dense counts (the Monte Carlo estimator draws at every feature)."""
-    from .data import CountBatch
+    from .training.batches import CountBatch
 
     if not batch.counts.is_sparse:
         return batch

@@ -12,7 +12,7 @@ from mvae.baselines import (
     multiplicative_replacement,
     sample_clr_covariance,
 )
-from mvae.covariance import LowRankCovariance
+from mvae.maths.covariance import LowRankCovariance
 from mvae.errors import InputError
 
 

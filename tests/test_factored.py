@@ -1,5 +1,5 @@
-"""The fused, chunked likelihood of mvae.factored against formulas written out densely here with
-autograd (and the unfused Monte Carlo estimator of mvae.likelihoods, itself checked against
+"""The fused, chunked likelihood of mvae.maths.factored against formulas written out densely here with
+autograd (and the unfused Monte Carlo estimator of mvae.maths.likelihoods, itself checked against
 scipy): Monte Carlo for dense counts, draws at the non-zeros and the Jensen bound at the zeros for
 sparse counts; several draws and every block size; plus finite differences."""
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mvae.factored import factored_multinomial_log_prob
-from mvae.likelihoods import gaussian_multinomial_log_prob
+from mvae.maths.factored import factored_multinomial_log_prob
+from mvae.maths.likelihoods import gaussian_multinomial_log_prob
 
 NAMES = ("left", "right", "base", "skip", "t", "f", "g")
 
@@ -168,7 +168,7 @@ def test_sparse_estimator_lies_below_monte_carlo():
 def test_default_blocks_have_at_least_min_chunk_rows(monkeypatch):
     """With a cache budget below one row per block, the default blocks still hold
     MIN_CHUNK_ROWS rows (the last one the rest), and the value is unchanged."""
-    import mvae.factored as fm
+    import mvae.maths.factored as fm
 
     X, p, rng = _case(50, B=37, D=11, r=4)
     y = torch.log1p(X / 0.5)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from mvae import MultinomialVAE
-from mvae.io import write_biom
+from mvae.io.tables import write_biom
 from mvae.metrics import embedding_r2
 from mvae.simulate import simulate
-from mvae.streaming import StreamingCounts
+from mvae.io.streaming import StreamingCounts
 
 
 @pytest.fixture(scope="module")

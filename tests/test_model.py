@@ -277,7 +277,7 @@ def test_threads_limit_numpy_blas_too():
     import torch
     from threadpoolctl import threadpool_info
 
-    from mvae.train import torch_threads
+    from mvae.training.loop import torch_threads
 
     np.ones((4, 4)) @ np.ones((4, 4))  # make sure numpy's BLAS is loaded
     blas = [i for i in threadpool_info() if i["user_api"] == "blas"]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mvae.compositions import HelmertBasis, TreeBasis
-from mvae.modules import MultinomialVAEModule, MVAEConfig
-from mvae.modules.encoder import ClrLinear, log_ratio_input
+from mvae.maths.compositions import HelmertBasis, TreeBasis
+from mvae.counts import MultinomialVAEModule, MVAEConfig
+from mvae.counts.encoder import ClrLinear, log_ratio_input
 
 BASES = {
     "helmert": lambda D: HelmertBasis(D),

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import scipy.special
 
 import mvae.simulate as simulate_module
-from mvae.covariance import LowRankCovariance
+from mvae.maths.covariance import LowRankCovariance
 from mvae.errors import InputError
 from mvae.simulate import Simulation, simulate
 

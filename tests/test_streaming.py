@@ -18,9 +18,9 @@ import scipy.sparse as sp
 import torch
 from scipy.special import gammaln
 
-from mvae.data import CountData
+from mvae.training.batches import CountData
 from mvae.errors import InputError
-from mvae.streaming import BYTES_PER_NNZ, StreamingCounts
+from mvae.io.streaming import BYTES_PER_NNZ, StreamingCounts
 
 DATA = Path(__file__).parent.parent / "data"
 N, D = 3000, 500
@@ -60,7 +60,7 @@ def _write_h5ad(path, X):
 @pytest.fixture(autouse=True)
 def one_thread():
     """Small tensors: torch's thread pool only adds contention on shared cores."""
-    from mvae.train import torch_threads
+    from mvae.training.loop import torch_threads
 
     with torch_threads(1):
         yield
@@ -299,7 +299,7 @@ def test_bad_arguments(files):
 @pytest.mark.parametrize("name", ["moving_pictures_16s_table.biom",
                                   "pbmc68k_reduced_counts.h5ad"])
 def test_real_tables_equal_read_counts(name):
-    from mvae.io import read_counts
+    from mvae.io.tables import read_counts
 
     adata = read_counts(DATA / name)
     with StreamingCounts(DATA / name, chunk_rows=64) as data:
@@ -309,8 +309,8 @@ def test_real_tables_equal_read_counts(name):
 
 
 def test_train_module_runs_an_epoch_from_a_stream(files, X):
-    from mvae.modules import MultinomialVAEModule, MVAEConfig
-    from mvae.train import TrainConfig, train_module
+    from mvae.counts import MultinomialVAEModule, MVAEConfig
+    from mvae.training.loop import TrainConfig, train_module
 
     with StreamingCounts(files["h5ad"], max_bytes=BUDGET) as whole:
         s = whole.scan()

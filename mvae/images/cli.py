@@ -174,8 +174,8 @@ def fit(ctx, data, outdir, kind, latent_dim, filters, depth, hidden, blocks, lik
         raise click.UsageError("--context and --beta are for --model vae only.")
     if kind != "dae" and ctx.get_parameter_source("noise").name != "DEFAULT":
         raise click.UsageError("--noise is for --model dae only.")
-    from ..outputs import ResultsDirectory, add_run_info, write_tsv
-    from ..plots import plot_loss
+    from ..io.outputs import ResultsDirectory, add_run_info, write_tsv
+    from ..io.plots import plot_loss
 
     started, cpu0 = time.time(), time.process_time()
     with ResultsDirectory(outdir, force=force) as results:
@@ -271,7 +271,7 @@ def _score_frame(model, images_in, n_samples: int = 16):
 @_quiet
 def sample(model_dir, n, output, cols, scale, seed, threads, quiet):
     """Draw N new images from a fitted MODEL into a PNG grid."""
-    from ..outputs import atomic_path
+    from ..io.outputs import atomic_path
     from .grids import save_grid
 
     with atomic_path(output) as tmp:
@@ -310,7 +310,7 @@ def _read_for(model, data: Path):
 def reconstruct(model_dir, data, output, n, corrupt, noise_level, cols, scale, seed, threads,
                 quiet):
     """Images of DATA and their reconstructions by MODEL, in alternating rows of a PNG grid."""
-    from ..outputs import atomic_path
+    from ..io.outputs import atomic_path
     from .grids import comparison_grid
 
     with atomic_path(output) as tmp:
@@ -355,7 +355,7 @@ def score(model_dir, data, output, n_samples, threads, quiet):
     Writes image_id, label (when DATA has labels), then negative_elbo (VAE) or
     reconstruction_nll (autoencoders) in nats, and the same in bits per dimension.
     """
-    from ..outputs import atomic_path, write_tsv
+    from ..io.outputs import atomic_path, write_tsv
 
     with atomic_path(output) as tmp:
         model = _load(model_dir, threads)

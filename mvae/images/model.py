@@ -1,7 +1,7 @@
 """User-facing image models: ConvVAE, ConvAutoencoder and DenoisingAutoencoder.
 
 Same conventions as :class:`mvae.MultinomialVAE`: ``__init__`` only stores its arguments, ``fit``
-checks them and trains with the shared loop (:func:`mvae.train.train_module`), learned state ends
+checks them and trains with the shared loop (:func:`mvae.training.loop.train_module`), learned state ends
 in ``_``, and ``save``/``load`` write ``model.safetensors`` + ``config.json`` (never a pickle). The
 maths lives in :mod:`mvae.images.modules`.
 
@@ -127,7 +127,7 @@ class _ImageModel:
         """
         import torch
 
-        from ..train import TrainConfig, resolve_device, torch_threads, train_module
+        from ..training.loop import TrainConfig, resolve_device, torch_threads, train_module
         from .data import ImageData
 
         self._check_params()
@@ -203,7 +203,7 @@ class _ImageModel:
         """Apply ``func`` to batches (B, C, H, W) of X under no_grad and the model's threads."""
         import torch
 
-        from ..train import torch_threads
+        from ..training.loop import torch_threads
 
         images = self._prepare(X)
         with torch_threads(self.threads), torch.no_grad():
@@ -257,8 +257,8 @@ class _ImageModel:
 
     def save(self, path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into directory ``path`` (no pickle)."""
-        from ..checkpoint import write_model_files
-        from ..outputs import package_versions
+        from ..training.checkpoint import write_model_files
+        from ..io.outputs import package_versions
 
         self._check_fitted()
         tensors = {f"module.{k}": v.detach().cpu().contiguous()
@@ -405,7 +405,7 @@ class ConvVAE(_ImageModel):
         """
         import torch
 
-        from ..train import torch_threads
+        from ..training.loop import torch_threads
 
         self._check_fitted()
         gen = torch.Generator().manual_seed(int(np.random.default_rng(random_state)
@@ -481,7 +481,7 @@ class ConvAutoencoder(_ImageModel):
         """Decode ``n`` codes drawn from N(code_mean_, code_covariance_), (n, H, W, C)."""
         import torch
 
-        from ..train import torch_threads
+        from ..training.loop import torch_threads
 
         self._check_fitted()
         rng = np.random.default_rng(random_state)
@@ -548,7 +548,7 @@ def load_model(path):
     """
     import pandas as pd
 
-    from ..checkpoint import read_model_files
+    from ..training.checkpoint import read_model_files
     from .modules import ConvConfig
 
     path = Path(path)

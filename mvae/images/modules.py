@@ -15,7 +15,7 @@ through, which is what makes reconstruction error and the ELBO usable as anomaly
 
 Every module has ``loss(x, generator=...) -> LossTerms`` with per-image ``reconstruction`` (log-
 likelihood, nats) and ``kl`` (nats; zero for the autoencoders), so
-:func:`mvae.train.train_module` trains all three. For the VAE,
+:func:`mvae.training.loop.train_module` trains all three. For the VAE,
 
 .. math:: \\mathrm{ELBO}(x) = E_{q(z\\mid x)}[\\log p(x \\mid z)] - \\beta\\,
           \\mathrm{KL}(q(z \\mid x) \\,\\|\\, N(0, I)),
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..likelihoods import kl_normal_standard
+from ..maths.likelihoods import kl_normal_standard
 from .likelihoods import LIKELIHOODS, MIN_LOG_SCALE, log_prob, mean_image, n_parameters
 
 __all__ = [
@@ -54,7 +54,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
 # The image modules keep their own two small result types rather than borrowing the count model's:
-# the training loop (mvae.train.train_module) needs only the attributes ``reconstruction`` and
+# the training loop (mvae.training.loop.train_module) needs only the attributes ``reconstruction`` and
 # ``kl`` and the method ``negative_elbo``, so the two model families stay independent.
 @dataclass(frozen=True)
 class LossTerms:

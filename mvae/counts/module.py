@@ -37,15 +37,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..factored import factored_multinomial_log_prob
-from ..likelihoods import (
+from ..maths.factored import factored_multinomial_log_prob
+from ..maths.likelihoods import (
     LowRankPrior,
     factored_gram,
     gaussian_multinomial_log_prob,
     kl_factored_to_lowrank,
     kl_normal_standard,
 )
-from ..sparse_ops import row_sums
+from ..maths.sparse_ops import row_sums
 from .encoder import Encoder, log_ratio_input
 
 __all__ = ["LowRankDecoder", "MVAEConfig", "LossTerms", "Posterior", "FactoredPosterior",
@@ -145,7 +145,7 @@ class FactoredPosterior:
 
     def kl(self, prior: LowRankPrior, gram=None) -> torch.Tensor:
         """KL(q ‖ prior) per sample, (B,), from the parts (``prior.bias`` must be ``bias``;
-        ``gram``: :func:`mvae.likelihoods.factored_gram` of the parts, if already formed)."""
+        ``gram``: :func:`mvae.maths.likelihoods.factored_gram` of the parts, if already formed)."""
         return kl_factored_to_lowrank(self.shift, self.left, self.right, self.skip, self.y,
                                       self.log_scale, self.feature_log_var, self.skip_log_var,
                                       prior, gram)
@@ -306,7 +306,7 @@ class MultinomialVAEModule(LowRankDecoder):
         """Per-sample ELBO terms for a batch of counts (B, D): encoder → posterior → expected
         log-likelihood and KL to the prior.
 
-        ``counts`` is a (B, D) tensor, dense or sparse COO, or a :class:`mvae.data.CountBatch`
+        ``counts`` is a (B, D) tensor, dense or sparse COO, or a :class:`mvae.training.batches.CountBatch`
         (which carries the multinomial constant so it is not recomputed at every step). The
         expected log-likelihood is averaged over ``n_samples`` reparameterised draws (default
         ``config.n_mc_samples``); its estimator follows the layout of the counts (see

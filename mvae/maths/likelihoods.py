@@ -129,7 +129,7 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor,
 
     log_const : torch.Tensor, shape (B,), optional
         :math:`\\log N! - \\sum_d \\log x_d!` when already known (it does not depend on the logits;
-        :class:`mvae.data.CountData` computes it once per sample, which saves an lgamma over every
+        :class:`mvae.training.batches.CountData` computes it once per sample, which saves an lgamma over every
         count at every step).
 
     Returns

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..sparse_ops import row_sums, sparse_mm, sparse_t_mm
+from ..maths.sparse_ops import row_sums, sparse_mm, sparse_t_mm
 
 __all__ = ["log_ratio_input", "ClrLinear", "Encoder", "make_activation"]
 
@@ -76,7 +76,7 @@ class _CentredProduct(torch.autograd.Function):
     def forward(ctx, y, kernel, centre_tilde):
         D = kernel.shape[0]
         if y.is_sparse:
-            raw = sparse_mm(y, kernel)  # bag sums over the non-zeros (mvae.sparse_ops)
+            raw = sparse_mm(y, kernel)  # bag sums over the non-zeros (mvae.maths.sparse_ops)
             y_mean = row_sums(y, y.values()) / D  # (B,)
         else:
             raw = y @ kernel

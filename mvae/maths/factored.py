@@ -1,6 +1,6 @@
 """The multinomial likelihood under the factored posterior, fused and chunked (the training hot path).
 
-The posterior of :mod:`mvae.modules.mvae` is :math:`q(\\ell \\mid x) = N(m, \\operatorname{diag} v)` with
+The posterior of :mod:`mvae.counts.module` is :math:`q(\\ell \\mid x) = N(m, \\operatorname{diag} v)` with
 
 .. math::
 
@@ -91,7 +91,7 @@ def factored_multinomial_log_prob(left: torch.Tensor, right: torch.Tensor, base:
     For dense counts, the same value as the Monte Carlo estimate on the materialised posterior:
 
     >>> import torch
-    >>> from mvae.likelihoods import gaussian_multinomial_log_prob
+    >>> from mvae.maths.likelihoods import gaussian_multinomial_log_prob
     >>> g = torch.Generator().manual_seed(0)
     >>> r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
     >>> x = torch.tensor([[3.0, 0.0, 1.0, 0.0], [0.0, 2.0, 0.0, 5.0]], dtype=torch.float64)

@@ -1,6 +1,6 @@
 r"""Count tables read from disk chunk by chunk, for tables larger than memory.
 
-:class:`~mvae.data.CountData` holds the whole table on the device. :class:`StreamingCounts` has
+:class:`~mvae.training.batches.CountData` holds the whole table on the device. :class:`StreamingCounts` has
 the same interface (``len``, ``device``, ``n_features``, ``sparse``, ``batch``, ``chunks``) but
 keeps only one *chunk* of consecutive samples in memory, read from an HDF5 file on demand:
 
@@ -29,7 +29,7 @@ chunk, an object holds O(n_samples) integers (the file's row pointers and the ro
 O(n_features) feature ids; sample ids are read from the file only when asked for. HDF5 adds its
 own chunk cache (1 MiB per dataset by default).
 
-Each chunk's values are checked as :func:`mvae.validation.check_counts` checks a table
+Each chunk's values are checked as :func:`mvae.io.validation.check_counts` checks a table
 (negative, fractional, NaN, infinite or too large values raise :class:`~mvae.errors.InputError`
 naming the file, sample, feature and value), and each sample's multinomial constant
 :math:`\log n_i! - \sum_d \log x_{id}!` is computed when its chunk is read. :meth:`scan` makes one
@@ -58,8 +58,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .data import SPARSE_DENSITY, CountBatch, CountData
-from .errors import InputError
+from ..training.batches import SPARSE_DENSITY, CountBatch, CountData
+from ..errors import InputError
 
 __all__ = ["StreamingCounts", "TableScan", "DEFAULT_MAX_BYTES", "BYTES_PER_NNZ",
            "finish_input_statistics"]
@@ -111,7 +111,7 @@ class _Source:
     def __init__(self, path, layer: str | None):
         import h5py
 
-        from .io import _check_path
+        from .tables import _check_path
 
         p = Path(path)
         self.shown = str(path)
@@ -276,7 +276,7 @@ class StreamingCounts:
         Shape of the table as served (after ``rows`` and ``features``).
     n_chunks, chunk_rows : int
     sparse : bool
-        Whether batches are sparse COO tensors: as :class:`~mvae.data.CountData` decides, from
+        Whether batches are sparse COO tensors: as :class:`~mvae.training.batches.CountData` decides, from
         the density of the whole file (below ``SPARSE_DENSITY``); dense tensors otherwise. The
         model's estimator follows this layout, so a table gets the same one streamed or not.
     density : float

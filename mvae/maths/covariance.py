@@ -1,7 +1,7 @@
 r"""Low-rank-plus-isotropic covariance of log-ratios, without forming D x D.
 
 A fitted (or simulated) multinomial VAE implies a covariance of the log-ratios of the
-features (DESIGN.md §1)
+features (docs/model.md, "What a fit reports")
 
 .. math::
 
@@ -232,7 +232,7 @@ class LowRankCovariance:
 
         Examples
         --------
-        >>> from mvae.compositions import HelmertBasis
+        >>> from mvae.maths.compositions import HelmertBasis
         >>> cov = LowRankCovariance(np.array([[1.0], [-1.0], [0.0]]), 0.5)
         >>> ilr = cov.to_ilr(HelmertBasis(3))
         >>> bool(np.isclose(cov.logdet(), np.linalg.slogdet(ilr.dense())[1]))
@@ -255,7 +255,7 @@ class LowRankCovariance:
         ----------
         basis : object
             An ILR basis with ``forward(v)`` computing :math:`\Psi^\top v` along the last axis,
-            ``(..., D) -> (..., D - 1)`` (e.g. ``mvae.compositions.HelmertBasis``).
+            ``(..., D) -> (..., D - 1)`` (e.g. ``mvae.maths.compositions.HelmertBasis``).
 
         Returns
         -------

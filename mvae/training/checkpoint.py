@@ -22,7 +22,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 __all__ = ["atomic_write_bytes", "save_checkpoint", "load_checkpoint", "sweep_temporary",
            "sha256_file", "write_model_files", "read_model_files", "TMP_PREFIX"]
@@ -79,7 +79,6 @@ def write_model_files(path, tensors: dict, config: dict) -> None:
 
     from safetensors.torch import save
 
-    from .outputs import json_default
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -202,3 +201,18 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars and arrays and paths."""
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")
