@@ -68,8 +68,8 @@ class _CentredProduct(torch.autograd.Function):
     Written out, :math:`yK - \\bar y\\,(1^\\top K) - \\tilde m K` uses K three times; autograd
     would then build three (D, n) gradients and add them. Here the gradient
     :math:`y^\\top g - 1\\,(\\bar y^\\top g) - \\tilde m^\\top (1^\\top g)` is one product plus
-    one rank-2 update in place (measured at D = 20,000: the first layer's backward was five
-    passes over a (D, n) buffer; this makes two). No gradient flows to y (the data).
+    one rank-2 update in place: two passes over a (D, n) buffer where autograd makes five. No
+    gradient flows to y (the data).
     """
 
     @staticmethod

@@ -359,9 +359,9 @@ class LowRankCovariance:
         recomputed in float64 and merged into a running top-n with ``np.argpartition``, so the
         result is exact in float64. Cost: :math:`O(D^2 k)` time -- every pair is looked at;
         there is no way round that for an exact answer -- and
-        :math:`O(\text{chunk\_size} \cdot D)` memory at most (a tile plus the top-n). Measured
-        at D = 100,000, k = 10, n = 1000: ~9 s on one CPU core (the small tiles run
-        single-threaded; threaded BLAS on large tiles was 2-30x slower on shared cores).
+        :math:`O(\text{chunk\_size} \cdot D)` memory at most (a tile plus the top-n). The
+        small tiles run single-threaded: threaded BLAS on large tiles was far slower on shared
+        cores (figures: benchmarks/results/throughput/code_choices.md).
 
         Parameters
         ----------
@@ -399,7 +399,7 @@ class LowRankCovariance:
         min_abs = float(min_abs)
         d = self.n_features
         # Small tiles (~128 KB) stay in cache and below OpenBLAS's threading threshold: on
-        # shared cores, threaded GEMM on big tiles was measured 2-30x slower than this.
+        # shared cores, threaded GEMM on big tiles was far slower than this.
         width = max(256, 2**15 // chunk_size)
 
         a, b = self._correlation_factors()  # (D, k'), (D, k'); rho_ij = a_i . b_j

@@ -161,10 +161,10 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor,
 def softmax_log_normaliser(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(ℓ) and logsumexp(ℓ) over the last dimension, from torch's fused softmax kernel.
 
-    ``torch.softmax`` makes its one pass per row with a vectorised exponential: at (128, 2,000)
-    float32 it took 150 µs on this project's CPU against 210 µs for ``exp`` alone, and the
-    max / subtract / exp / sum / scale sequence it replaces in the fused likelihoods took ~1.5x
-    as long (``benchmarks/results/throughput/README.md``). The log-normaliser follows from the
+    ``torch.softmax`` makes its one pass per row with a vectorised exponential, faster than
+    ``exp`` alone and than the max / subtract / exp / sum / scale sequence it replaces in the
+    fused likelihoods (figures: ``benchmarks/results/throughput/code_choices.md``). The
+    log-normaliser follows from the
     largest probability, :math:`\\log Z = \\max\\ell - \\log \\max_d p_d`, which is at least
     1/D, so its log is as accurate as the probabilities themselves.
 
@@ -511,7 +511,7 @@ class _DiagLowRankQuadratic(torch.autograd.Function):
 
 class _Gram(torch.autograd.Function):
     """:math:`M^\\top M` with the gradient :math:`M(\\bar G + \\bar G^\\top)` as one product
-    (autograd's matmul backward makes two, one per operand: 1 ms more at D = 20,000)."""
+    (autograd's matmul backward makes two, one per operand)."""
 
     @staticmethod
     def forward(ctx, M):
@@ -533,8 +533,8 @@ class _Leverages(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, W, C_inv):
-        # (W C⁻¹)ᵀ = C⁻¹Wᵀ (C⁻¹ symmetric), (k, D): the CPU BLAS makes the thin product 5x
-        # faster in this layout than W C⁻¹ (0.08 against 0.40 ms at D = 20,000, k = 10)
+        # (W C⁻¹)ᵀ = C⁻¹Wᵀ (C⁻¹ symmetric), (k, D): the CPU BLAS makes the thin product much
+        # faster in this layout than W C⁻¹ (benchmarks/results/throughput/code_choices.md)
         A_t = C_inv @ W.T
         ctx.save_for_backward(W, A_t)
         return (A_t * W.T).sum(0)
