@@ -571,9 +571,9 @@ class MultinomialVAE:
         New tables may have their features in another order or be a subset/superset when given as
         AnnData or DataFrame: missing features are zero-filled and unknown ones dropped, with a warning.
         """
-        from .io.streaming import StreamingCounts
+        from .io import is_streamed
 
-        if isinstance(X, StreamingCounts):
+        if is_streamed(X):
             return self._transform_stream(X)
         M, _ = self._aligned(X, layer)
         return self._transform_csr(M)
@@ -612,9 +612,9 @@ class MultinomialVAE:
 
         from .training.loop import torch_threads
 
-        from .io.streaming import StreamingCounts
+        from .io import is_streamed
 
-        if isinstance(X, StreamingCounts):
+        if is_streamed(X):
             self._check_stream_features(X)
             rows = int(np.clip(INFERENCE_ENTRIES // (4 * n_samples * X.n_features), 1, 1024))
             batches = X.chunks(rows)

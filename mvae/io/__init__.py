@@ -11,6 +11,16 @@ metadata, streamed tables larger than memory, the results directory of ``mvae fi
 Heavy dependencies are imported inside the functions that need them.
 """
 
+import sys
+
 from .tables import read_counts
 
-__all__ = ["read_counts"]
+__all__ = ["read_counts", "is_streamed"]
+
+
+def is_streamed(X) -> bool:
+    """Whether ``X`` is a :class:`~mvae.io.streaming.StreamingCounts`, without importing the
+    streaming module: a program that made one has imported it already, and a fit of a table in
+    memory need not load it."""
+    module = sys.modules.get("mvae.io.streaming")
+    return module is not None and isinstance(X, module.StreamingCounts)

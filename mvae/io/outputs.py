@@ -380,9 +380,9 @@ def write_fit_results(
     d = Path(directory)
     model.save(d)
 
-    from mvae.io.streaming import StreamingCounts
+    from mvae.io import is_streamed
 
-    if isinstance(adata, StreamingCounts):  # streamed: every row served was fitted
+    if is_streamed(adata):  # streamed: every row served was fitted
         ids = adata.sample_ids
         emb = model.transform(adata)
         scores = np.asarray(model.score_samples(adata, n_samples=n_score_samples), dtype=float)
