@@ -376,7 +376,8 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
 
     started = time.time()
     cpu0 = time.process_time()
-    with ResultsDirectory(outdir, force=force) as results:  # fails here if OUTDIR is unusable
+    with ResultsDirectory(outdir, force=force,  # fails here if OUTDIR is unusable
+                          inputs=[table, metadata, tree]) as results:
         from .io import sha256_file
 
         if stream:
