@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import torch
 
-from .likelihoods import _coo_parts, count_depths, multinomial_log_const, softmax_log_normaliser
+from .likelihoods import (_coo_parts, _wide, count_depths, multinomial_log_const,
+                          softmax_log_normaliser)
 from .sparse_ops import segment_sums
 
 __all__ = ["factored_multinomial_log_prob", "CHUNK_ELEMENTS", "MIN_CHUNK_ROWS"]
@@ -129,7 +130,8 @@ def factored_multinomial_log_prob(left: torch.Tensor, right: torch.Tensor, base:
     else:
         raise ValueError("eps must be (S, B, D) draws, (S, nnz) draws at the non-zeros of a "
                          "sparse counts, or None")
-    depth = count_depths(counts).to(left.dtype)
+    depth = count_depths(counts)
+    depth = depth if _wide(counts, left.dtype) else depth.to(left.dtype)
     out = _FactoredLikelihood.apply(left, right, base, skip, log_scale, feature_log_var,
                                     skip_log_var, y, counts, eps, depth, rows_per, mode)
     if log_const is None:
@@ -147,7 +149,7 @@ class _Block:
     accumulates serially into a few addresses (measured at D = 20,000, 2%, 26 rows).
     """
 
-    def __init__(self, i0, i1, counts, y, ptr):
+    def __init__(self, i0, i1, counts, y, ptr, dtype):
         self.i0, self.i1 = i0, i1
         self.sparse = counts.is_sparse
         if self.sparse:
@@ -161,6 +163,9 @@ class _Block:
             self.y = y.values()[lo:hi]
         else:
             self.x, self.y = counts[i0:i1], y[i0:i1]
+        # float64 counts of deep samples: exact for x·ℓ (x_exact), the working dtype elsewhere
+        self.x_exact = self.x if _wide(self.x, dtype) else None
+        self.x = self.x.to(dtype)
 
     def at(self, t):
         """The entries of t (c, D) or (S, c, D) at the non-zeros: (nnz_c,) or (S, nnz_c)."""
@@ -189,13 +194,14 @@ class _Block:
         return a.index_select(0, self.cols)
 
 
-def _blocks(counts, y, rows_per):
+def _blocks(counts, y, rows_per, dtype):
     B = counts.shape[0]
     ptr = None
     if counts.is_sparse:
         rows, _, _ = _coo_parts(counts)
         ptr = torch.searchsorted(rows, torch.arange(B + 1, device=rows.device))
-    return [_Block(i0, min(B, i0 + rows_per), counts, y, ptr) for i0 in range(0, B, rows_per)]
+    return [_Block(i0, min(B, i0 + rows_per), counts, y, ptr, dtype)
+            for i0 in range(0, B, rows_per)]
 
 
 def _mean_block(blk, left, right, base, skip):
@@ -223,8 +229,11 @@ class _FactoredLikelihood(torch.autograd.Function):
         S = eps.shape[0] if eps is not None else 1
         B, D = counts.shape
         power = 0.5 if mode == "mc" else 1.0  # ε ⊙ v^{1/2}, or v / 2 inside the bound
-        blocks = _blocks(counts, y, rows_per)
-        out = left.new_empty(S, B)
+        # deep samples (float64 counts): x·ℓ and N log Σ exp ℓ in float64, whose difference
+        # float32 cannot resolve when N |ℓ| is large (a probability above one at N = 10⁹)
+        wide = _wide(counts, left.dtype)
+        blocks = _blocks(counts, y, rows_per, left.dtype)
+        out = left.new_empty(S, B, dtype=torch.float64 if wide else left.dtype)
         soft = left.new_empty(S, B, D)  # −N softmax(ℓ) per block, saved for the backward pass
         # dense Monte Carlo: the noise ε ⊙ v^{1/2} is kept in place of ε, so that the backward
         # pass gets ∂/∂log v from it without forming v again
@@ -250,7 +259,8 @@ class _FactoredLikelihood(torch.autograd.Function):
                 std_nz = torch.sqrt(blk.by_row(A) * blk.by_col(C) * R)
                 ell_nz = m_nz + eps[:, blk.lo:blk.hi] * std_nz  # (S, nnz_c)
                 blk.put_at(lg, ell_nz)
-                dot = blk.row_sum(ell_nz * blk.x)  # x·ℓ at the non-zeros, (S, c)
+                dot = blk.row_sum(ell_nz * (blk.x if blk.x_exact is None  # x·ℓ, (S, c)
+                                            else blk.x_exact))
             elif mode == "mixed":  # dense counts: the same with a mask; draws at every entry
                 lg = m + torch.where(blk.x > 0, eps[:, i0:i1] * sc.sqrt(), 0.5 * sc)
                 dot = _row_dot(blk, lg)
@@ -263,10 +273,13 @@ class _FactoredLikelihood(torch.autograd.Function):
                 else:
                     m.add_(sc, alpha=0.5)
                 lg = m[None]  # (1, c, D): m + v/2, in place
-            prob, log_norm = softmax_log_normaliser(lg)
             N = depth[i0:i1]
+            if wide:
+                prob, log_norm = torch.softmax(lg, -1), torch.logsumexp(lg.double(), -1)
+            else:
+                prob, log_norm = softmax_log_normaliser(lg)
             out[:, i0:i1] = dot - N * log_norm
-            torch.mul(prob, -N[:, None], out=soft[:, i0:i1])
+            torch.mul(prob, -N[:, None].to(prob.dtype), out=soft[:, i0:i1])
         ctx.save_for_backward(soft, left, right, base, skip, t, f, g,
                               eps if noise is None else noise)
         ctx.blocks, ctx.mode = blocks, mode
@@ -276,6 +289,7 @@ class _FactoredLikelihood(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         soft, left, right, base, skip, t, f, g, eps = ctx.saved_tensors
+        grad_out = grad_out.to(soft.dtype)  # float64 for deep samples
         mode = ctx.mode
         power = 0.5 if mode == "mc" else 1.0
         go = grad_out if eps is not None else grad_out[None]  # (S, B)
@@ -357,7 +371,11 @@ def _dense_log_var_grads(blk, q, scale, grads):
 
 
 def _row_dot(blk, lg):
-    """Σ_d x_bd lg_sbd for the block's rows, (S, c)."""
+    """Σ_d x_bd lg_sbd for the block's rows, (S, c); in float64 for deep samples."""
+    if blk.x_exact is not None:
+        if blk.sparse:
+            return blk.row_sum(blk.at(lg).double() * blk.x_exact)
+        return torch.linalg.vecdot(lg.double(), blk.x_exact)
     if blk.sparse:
         return blk.row_sum(blk.at(lg) * blk.x)
     return torch.linalg.vecdot(lg, blk.x)

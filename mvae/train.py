@@ -94,7 +94,10 @@ def torch_threads(n: int | None):
     eigendecomposition (9-16 s against 0.7 s single-threaded)."""
     from threadpoolctl import threadpool_limits
 
-    n = int(n or default_threads())
+    from .validation import usable_cores
+
+    # more threads than cores only slows down, and a saved model may ask for a huge number
+    n = min(int(n or default_threads()), usable_cores())
     previous = torch.get_num_threads()
     with threadpool_limits(limits=n, user_api="blas"):
         torch.set_num_threads(n)
