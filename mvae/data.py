@@ -31,7 +31,7 @@ class CountBatch:
     counts : torch.Tensor, shape (B, D), dense or sparse COO
         In the table's dtype, or float64 when a sample of the batch is deeper than
         ``EXACT_DEPTH`` reads.
-    log_const : torch.Tensor, shape (B,), float64
+    log_const : torch.Tensor, shape (B,)
         :math:`\\log N! - \\sum_d \\log x_d!`, computed once per table rather than at every step.
     """
 
@@ -64,6 +64,7 @@ class CountData:
     the counts above 2²⁴ are rounded and those sums (of order N |ℓ|) lose more than the
     difference between them, so that a sample of 10⁹ reads could score a probability above
     one. Other batches are served in ``dtype`` as before (their counts are exact in float32).
+    The multinomial constants are kept in float64 and served in the batch's dtype.
     """
 
     def __init__(self, X, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -98,10 +99,11 @@ class CountData:
     def batch(self, index: torch.Tensor) -> CountBatch:
         """Rows ``index`` (LongTensor, shape (B,)): counts (dense or sparse COO) and constants."""
         index = index.to(self.device)
-        counts = self._rows(index)
-        if self._deep is not None and not bool(self._deep.index_select(0, index).any()):
-            counts = counts.to(self.dtype)  # every count of these rows is exact in float32
-        return CountBatch(counts, self._log_const.index_select(0, index))
+        counts, log_const = self._rows(index), self._log_const.index_select(0, index)
+        if self._deep is None or not bool(self._deep.index_select(0, index).any()):
+            # every count of these rows is exact in float32, and so is the constant's use
+            return CountBatch(counts.to(self.dtype), log_const.to(self.dtype))
+        return CountBatch(counts, log_const)
 
     def _rows(self, index: torch.Tensor) -> torch.Tensor:
         if not self.sparse:

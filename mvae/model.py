@@ -393,6 +393,13 @@ class MultinomialVAE:
         n, D = len(data), data.n_features
         self._check_params(D)
         depths = scan.depths[rows]
+        from .data import EXACT_DEPTH
+
+        if len(depths) and depths.max() > EXACT_DEPTH:  # streamed batches are float32 only
+            raise InputError(f"{path}: samples with more than {EXACT_DEPTH} reads (largest "
+                             f"{int(depths.max())}) need exact float64 sums, which streamed "
+                             "training does not have yet; fit the table in memory (drop "
+                             "--stream)")
         sample_ids = [all_samples[i] for i in rows]
         feature_ids = [all_features[j] for j in feats]
         _warn_about_depths(depths, sample_ids)
