@@ -28,6 +28,8 @@ from . import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 ORIENTATIONS = ("samples-as-rows", "features-as-rows")  # = mvae.io.tables.ORIENTATIONS (not imported)
+# = mvae.io.validation.MAX_SEED, MAX_THREADS, MAX_HIDDEN (not imported: numpy would slow --help)
+MAX_SEED, MAX_THREADS, MAX_HIDDEN = 2**32 - 1, 1024, 65536
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -92,6 +94,10 @@ class _Group(click.Group):
             except MVAEError as exc:
                 click.echo(f"Error: {_one_line(str(exc))}", err=True)
                 sys.exit(2)
+            except KeyboardInterrupt:  # Ctrl-C outside training (which checkpoints on its own)
+                click.echo("Interrupted (Ctrl-C): stopped before finishing; outputs appear only "
+                           "once complete, so nothing was written or replaced", err=True)
+                sys.exit(130)
 
 
 def _one_line(text: str) -> str:
@@ -132,7 +138,7 @@ def _verbosity(f):
 
 
 def _threads(f):
-    return click.option("--threads", default=None, type=click.IntRange(min=1),
+    return click.option("--threads", default=None, type=click.IntRange(1, MAX_THREADS),
                         help="torch threads [default: half the usable cores, at most 8].")(f)
 
 
@@ -310,7 +316,7 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
               help="Latent dimensions k.")
 @click.option("--encoder-depth", default=2, type=click.IntRange(min=1),
               help="Encoder depth L: L - 1 nonlinear hidden layers (1 = a linear encoder).")
-@click.option("--hidden", default=128, type=click.IntRange(min=1), help="Encoder width.")
+@click.option("--hidden", default=128, type=click.IntRange(1, MAX_HIDDEN), help="Encoder width.")
 @click.option("--pseudocount", default=1.0, type=click.FloatRange(min=0, min_open=True),
               help="Pseudocount c in the encoder input log(x + c).")
 @click.option("--objective", default="marginal", type=click.Choice(["marginal", "sampled"]),
@@ -326,7 +332,7 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
 @click.option("--batch-size", default=128, type=click.IntRange(min=1))
 @click.option("--lr", default=3e-3, type=click.FloatRange(min=0, min_open=True),
               help="Adam learning rate.")
-@click.option("--seed", default=0, type=click.IntRange(min=0),
+@click.option("--seed", default=0, type=click.IntRange(0, MAX_SEED),
               help="Random seed (same seed and threads, same result).")
 @_threads
 @click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda", "auto"]),
@@ -411,7 +417,8 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
 
     started = time.time()
     cpu0 = time.process_time()
-    with ResultsDirectory(outdir, force=force) as results:  # fails here if OUTDIR is unusable
+    with ResultsDirectory(outdir, force=force,  # fails here if OUTDIR is unusable
+                          inputs=[table, metadata, tree]) as results:
         from .io.tables import sha256_file
 
         if stream:
@@ -454,6 +461,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
         checkpoint = outdir.parent / (outdir.name + ".checkpoint.pt")
         if resume and not checkpoint.is_file():
             _say(quiet, f"no checkpoint at {checkpoint}: starting from the beginning")
+            resume = False
         t_fit = time.perf_counter()
         if stream:
             model.fit_stream(table, layer=layer, max_bytes=max_bytes, checkpoint=checkpoint,
@@ -608,7 +616,7 @@ def score(model_dir, table, output, layer, orientation, n_samples, threads, quie
               help="Reads per sample [default: drawn from the training samples' depths].")
 @click.option("--prefix", default="synthetic", show_default=True,
               help="Sample ids are PREFIX1, PREFIX2, ...")
-@click.option("--seed", default=0, type=click.IntRange(min=0), help="Random seed.")
+@click.option("--seed", default=0, type=click.IntRange(0, MAX_SEED), help="Random seed.")
 @_verbosity
 def sample(model_dir, n, output, depth, prefix, seed, quiet, verbose):
     """Draw N new count samples from a fitted MODEL's generative model into a BIOM file."""
@@ -686,7 +694,7 @@ def _parse_eigenvalues(ctx, param, value):
 @click.option("--eigenvalues", default=None, callback=_parse_eigenvalues,
               help="Comma-separated variances of the k latent directions [default: geometric "
                    "from 0.2 D to 0.02 D].")
-@click.option("--seed", default=0, type=click.IntRange(min=0), help="Random seed.")
+@click.option("--seed", default=0, type=click.IntRange(0, MAX_SEED), help="Random seed.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @_verbosity
 def simulate(outdir, n_samples, n_features, latent_dim, depth, depth_sd, sigma,

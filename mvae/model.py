@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -150,6 +151,8 @@ class MultinomialVAE:
         return {name: getattr(self, name) for name in names}
 
     def _check_params(self, n_features: int) -> None:
+        from .io.validation import MAX_HIDDEN, check_seed, check_threads
+
         def need(cond, name, allowed):
             if not cond:
                 raise InputError(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
@@ -185,8 +188,9 @@ class MultinomialVAE:
         need(is_int(self.kl_warmup_epochs) and self.kl_warmup_epochs >= 0, "kl_warmup_epochs",
              "need an integer >= 0")
         need(self.init in ("pca", "random"), "init", "choose 'pca' or 'random'")
-        need(self.threads is None or (is_int(self.threads) and self.threads >= 1), "threads",
-             "need None or an integer >= 1")
+        check_threads(self.threads)
+        check_seed(self.random_state)
+        need(self.n_hidden <= MAX_HIDDEN, "n_hidden", f"need an integer <= {MAX_HIDDEN}")
         need(str(self.device) in ("cpu", "cuda", "auto") or str(self.device).startswith("cuda:"),
              "device", "choose 'cpu', 'cuda' or 'auto'")
 
@@ -283,9 +287,7 @@ class MultinomialVAE:
         from .training.loop import resolve_device, torch_threads
         from .io.validation import check_counts, drop_empty
 
-        if resume and self.random_state is None:
-            raise InputError("resume=True needs a fixed random_state (the checkpoint records "
-                             "the seed it was started with)")
+        _check_fit_options(self, checkpoint, checkpoint_every, resume)
         M, sample_ids, feature_ids = self._extract(X, layer)
         M = check_counts(M, sample_ids=sample_ids, feature_ids=feature_ids)
         n_in, d_in = M.shape
@@ -344,9 +346,7 @@ class MultinomialVAE:
         from .training.loop import resolve_device, torch_threads
         from .io.validation import DroppedWarning
 
-        if resume and self.random_state is None:
-            raise InputError("resume=True needs a fixed random_state (the checkpoint records "
-                             "the seed it was started with)")
+        _check_fit_options(self, checkpoint, checkpoint_every, resume)
         device = resolve_device(self.device)
         info = current()  # None unless distributed with more than one rank
         with StreamingCounts(path, layer=layer, max_bytes=max_bytes) as whole:
@@ -368,6 +368,13 @@ class MultinomialVAE:
         n, D = len(data), data.n_features
         self._check_params(D)
         depths = scan.depths[rows]
+        from .training.batches import EXACT_DEPTH
+
+        if len(depths) and depths.max() > EXACT_DEPTH:  # streamed batches are float32 only
+            raise InputError(f"{path}: samples with more than {EXACT_DEPTH} reads (largest "
+                             f"{int(depths.max())}) need exact float64 sums, which streamed "
+                             "training does not have yet; fit the table in memory (drop "
+                             "--stream)")
         sample_ids = [all_samples[i] for i in rows]
         feature_ids = [all_features[j] for j in feats]
         _warn_about_depths(depths, sample_ids)
@@ -473,7 +480,7 @@ class MultinomialVAE:
                 f"{len(collapsed)} of {self.n_latent} latent dimensions collapsed (axes "
                 f"{[int(i) + 1 for i in collapsed]} explain less than {COLLAPSE_RATIO:g} x the "
                 f"noise variance); the table supports fewer dimensions: consider "
-                f"n_latent={self.n_latent - len(collapsed)}", CollapsedDimensionsWarning,
+                f"n_latent={max(1, self.n_latent - len(collapsed))}", CollapsedDimensionsWarning,
                 stacklevel=3)
 
     def _fingerprint(self, counts, filtered) -> str:
@@ -763,10 +770,15 @@ class MultinomialVAE:
             wrong_format=lambda fmt: "not an mvae MultinomialVAE config")
         _refuse_retired_settings(config, cfg_path)
         try:
+            for part in ("params", "module_config"):
+                if not isinstance(config.get(part), dict):
+                    raise TypeError(f"{part!r} must be a JSON object, got "
+                                    f"{type(config.get(part)).__name__}")
             model = cls(**config["params"])
             mconf = MVAEConfig(**config["module_config"])
-            module = MultinomialVAEModule(mconf)
             state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+            _check_module_shapes(mconf, state)  # before any allocation the config asks for
+            module = MultinomialVAEModule(mconf)
             module.load_state_dict(state, strict=True)
             model.module_ = module.eval()
             model.seed_ = int(config["seed"])
@@ -784,7 +796,9 @@ class MultinomialVAE:
             if (mconf.n_latent, mconf.encoder_depth, mconf.n_hidden, mconf.objective) != (
                     model.n_latent, model.encoder_depth, model.n_hidden, model.objective):
                 raise ValueError("params and module_config disagree")
-        except (KeyError, TypeError, ValueError, RuntimeError, InputError) as exc:
+            _check_loaded_features(model, mconf.n_features)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError,
+                InputError) as exc:
             detail = " ".join(str(exc).split())[:300]  # one line, bounded
             raise ModelFileError(f"{path}: the config and tensors do not describe a valid model "
                                  f"({type(exc).__name__}: {detail})") from exc
@@ -826,6 +840,93 @@ def _dense_batch(batch):
     if not batch.counts.is_sparse:
         return batch
     return CountBatch(batch.counts.to_dense(), batch.log_const)
+def _check_fit_options(model, checkpoint, checkpoint_every, resume) -> None:
+    """The checkpointing options of fit / fit_stream, before any work.
+
+    A file at ``checkpoint`` that is not an mvae checkpoint is never overwritten; ``resume``
+    without a checkpoint path is an error, and with a path where no checkpoint is yet a warning
+    (a job that always passes ``resume=True`` starts from the beginning the first time).
+    """
+    from .training.checkpoint import check_checkpoint_target
+    from .training.loop import CHECKPOINT_FORMAT
+    from .io.validation import check_seed, check_threads
+    from .training.loop import usable_cores
+
+    if not (isinstance(checkpoint_every, (int, np.integer)) and not isinstance(
+            checkpoint_every, bool) and checkpoint_every >= 0):
+        raise InputError(f"checkpoint_every={checkpoint_every!r} is not allowed: need an integer "
+                         ">= 0 (0: write a checkpoint only when interrupted)")
+    if checkpoint_every and checkpoint is None:
+        raise InputError(f"checkpoint_every={checkpoint_every} needs checkpoint=PATH")
+    if resume and checkpoint is None:
+        raise InputError("resume=True needs checkpoint=PATH (the checkpoint to continue from)")
+    check_seed(model.random_state)
+    check_threads(model.threads)
+    if resume and model.random_state is None:
+        raise InputError("resume=True needs a fixed random_state (the checkpoint records "
+                         "the seed it was started with)")
+    if checkpoint is not None:
+        check_checkpoint_target(checkpoint, format=CHECKPOINT_FORMAT)
+        if resume and not Path(checkpoint).is_file():
+            warnings.warn(f"resume=True but there is no checkpoint at {checkpoint} yet: starting "
+                          "from the beginning", UserWarning, stacklevel=3)
+    if model.threads is not None and model.threads > usable_cores():
+        warnings.warn(f"threads={model.threads} is more than the {usable_cores()} cores this "
+                      f"process may use; using {usable_cores()}", UserWarning, stacklevel=3)
+
+
+def _check_module_shapes(mconf, state: dict) -> None:
+    """The tensors a module built from ``mconf`` would have, against those of the file.
+
+    The module is built on torch's ``meta`` device (shapes only, no memory), so a config that
+    asks for 3·10⁸ latent dimensions is refused by its shapes instead of being allocated.
+    """
+    import torch
+
+    from .counts import MultinomialVAEModule
+
+    for name in ("n_features", "n_latent", "n_hidden", "encoder_depth", "posterior_rank"):
+        v = getattr(mconf, name, None)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"module_config {name}={v!r}: need an integer >= 1")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in MultinomialVAEModule(mconf).state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise ValueError(f"Missing tensors for the configured module: {missing[:5]}")
+    if unexpected:
+        raise ValueError(f"Unexpected tensors for the configured module: {unexpected[:5]}")
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != shape:
+            raise ValueError(f"size mismatch for {k}: the file holds {tuple(state[k].shape)}, "
+                             f"the config describes {shape}")
+
+
+def _check_loaded_features(model, n_features: int) -> None:
+    """Feature ids, the kept-feature index and the training depths of a loaded model agree."""
+    ids, inputs = model.feature_ids_, model.input_feature_ids_
+    if len(ids) != n_features:
+        raise ValueError(f"{len(ids)} feature ids but the tensors have {n_features} features")
+    for name, values in (("feature_ids", ids), ("input_feature_ids", inputs)):
+        if not all(isinstance(v, str) for v in values):
+            raise ValueError(f"{name} must be strings")
+        if len(set(values)) != len(values):
+            dup = [v for v, c in Counter(values).items() if c > 1][:3]
+            raise ValueError(f"{name} holds duplicates, e.g. {dup}")
+    kept = np.asarray(model.kept_feature_index_)
+    if (kept.ndim != 1 or kept.dtype.kind not in "iu" or len(kept) != len(ids)
+            or (len(kept) and (kept.min() < 0 or kept.max() >= len(inputs)))
+            or np.any(np.diff(kept) <= 0)):
+        raise ValueError(f"kept_feature_index must be {len(ids)} increasing positions among the "
+                         f"{len(inputs)} input features")
+    if [inputs[i] for i in kept] != ids:
+        raise ValueError("feature_ids are not the input features that kept_feature_index names")
+    depths = np.asarray(model.train_depths_)
+    if depths.ndim != 1 or len(depths) == 0 or not np.all(np.isfinite(depths)) or np.any(
+            depths < 1):
+        raise ValueError("train_depths must be the training samples' depths (finite, >= 1, at "
+                         "least one)")
 
 
 #: Dense entries per inference chunk (rows x features x copies): about 64 MB of float32.

@@ -186,11 +186,12 @@ def _tiny_table(path, n=12, d=6, seed=0):
 def test_fit_force_replaces_and_verbosity(tmp_path):
     table = _tiny_table(tmp_path / "t.tsv")
     out = tmp_path / "res"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    r = invoke("fit", *table, "-o", out, *FAST, "-q")
+    assert r.exit_code == 0, r.output
+    (out / "embeddings.tsv").write_text("old")
     r = invoke("fit", *table, "-o", out, *FAST, "--force", "-v")
     assert r.exit_code == 0, r.output
-    assert not (out / "old.txt").exists() and (out / "embeddings.tsv").exists()
+    assert (out / "embeddings.tsv").read_text() != "old"
     assert "fitted 12 samples x 6 features in 3 epochs" in r.output
     assert "proportion of clr variance per axis" in r.output
     r = invoke("fit", *table, "-o", out, *FAST, "--force", "-q")

@@ -60,8 +60,8 @@ def test_results_directory_failure_leaves_nothing(tmp_path):
 
 def test_results_directory_refuses_existing_unless_force(tmp_path):
     out = tmp_path / "res"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    out.mkdir()  # an earlier mvae result (only such a directory may be replaced)
+    (out / "config.json").write_text(json.dumps({"format": "mvae.MultinomialVAE", "run": {}}))
     with pytest.raises(InputError, match=r"res: already exists\. Pass --force"):
         ResultsDirectory(out).open()
     # --force: a failed run keeps the old results
@@ -69,7 +69,7 @@ def test_results_directory_refuses_existing_unless_force(tmp_path):
         with ResultsDirectory(out, force=True) as results:
             (results.path / "new.txt").write_text("new")
             raise KeyboardInterrupt
-    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
     # a complete run replaces them
     with ResultsDirectory(out, force=True) as results:
         (results.path / "new.txt").write_text("new")

@@ -35,7 +35,10 @@ def test_bags_are_scipys_csr_of_the_table_and_its_transpose(n, D, density):
         np.testing.assert_array_equal(members.numpy(), ref.indices)
         np.testing.assert_array_equal(values.numpy(), ref.data)
     assert column_bags(y) is column_bags(y)  # kept on the batch for the next product
-    assert row_bags(y) is row_bags(y)
+    # the grouping is kept; the values are y's own (a view, taken anew: see row_bags)
+    first, second = row_bags(y), row_bags(y)
+    assert first[0] is second[0] and first[1] is second[1]
+    assert first[2].data_ptr() == y.values().data_ptr()
 
 
 def test_bags_of_an_uncoalesced_tensor():

@@ -39,7 +39,8 @@ def make_activation(name: str) -> nn.Module:
         ) from None
 
 
-def log_ratio_input(counts: torch.Tensor, pseudocount: float) -> torch.Tensor:
+def log_ratio_input(counts: torch.Tensor, pseudocount: float,
+                    dtype: torch.dtype | None = None) -> torch.Tensor:
     """:math:`\\log(x + c) - \\log c`, elementwise, preserving sparsity.
 
     Parameters
@@ -47,6 +48,10 @@ def log_ratio_input(counts: torch.Tensor, pseudocount: float) -> torch.Tensor:
     counts : torch.Tensor, shape (B, D), dense or sparse COO
     pseudocount : float
         c > 0.
+    dtype : torch.dtype, optional
+        Of the result (default: that of ``counts``). Counts too large for float32 arrive as
+        float64 (:class:`mvae.training.batches.CountData`) for the likelihood's sake; the encoder's input
+        needs no such exactness and stays in the module's dtype.
 
     Returns
     -------
@@ -55,10 +60,11 @@ def log_ratio_input(counts: torch.Tensor, pseudocount: float) -> torch.Tensor:
     if counts.is_sparse:
         counts = counts.coalesce()
         return torch.sparse_coo_tensor(
-            counts.indices(), torch.log1p(counts.values() / pseudocount), counts.shape,
-            is_coalesced=True, check_invariants=False,
+            counts.indices(), torch.log1p(counts.values() / pseudocount).to(dtype or counts.dtype),
+            counts.shape, is_coalesced=True, check_invariants=False,
         )
-    return torch.log1p(counts / pseudocount if pseudocount != 1 else counts)
+    return torch.log1p(counts / pseudocount if pseudocount != 1 else counts).to(
+        dtype or counts.dtype)
 
 
 class _CentredProduct(torch.autograd.Function):

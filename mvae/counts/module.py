@@ -255,7 +255,8 @@ class MultinomialVAEModule(LowRankDecoder):
         """The encoder's approximate posterior for counts (B, D): q(ℓ | x) in parts (marginal)
         or q(z | x) (sampled)."""
         counts, _ = _unpack(counts)
-        y = log_ratio_input(counts, self.config.pseudocount)  # (B, D), zeros stay zero
+        y = log_ratio_input(counts, self.config.pseudocount,  # (B, D), zeros stay zero
+                            dtype=self.bias_raw.dtype)
         h = self.encoder(y)  # (B, H)
         if self.config.objective == "sampled":
             return Posterior(self.mean_head(h), self.log_var_head(h))  # over z, (B, k) each

@@ -7,6 +7,13 @@ there or nothing is (plus, after a hard kill, a hidden temporary sibling that ca
 The staging directory is created *before* any work, so an unwritable location is reported before
 a model is trained.
 
+``--force`` replaces only an earlier mvae result (:func:`is_mvae_result`: a directory holding an
+mvae ``config.json`` with a ``"run"`` section or an mvae ``simulation.json``, and nothing but the
+files mvae writes), never a directory that holds an input of the run. While a run is writing
+OUTDIR it holds a lock on ``.NAME.mvae-lock`` beside it, so a second run into the same OUTDIR is
+refused at start; the run that holds the lock removes the staging directories an earlier
+interrupted run left (``.NAME.mvae-tmp-*``, ``.NAME.mvae-old-*``) and says so.
+
 The files of a fit (:func:`write_fit_results`):
 
 =====================  ======================================================================
@@ -39,11 +46,13 @@ All tables are UTF-8, tab-separated, with a header row and floats written in ful
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -57,6 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "ResultsDirectory",
     "FIT_FILES",
+    "is_mvae_result",
     "write_fit_results",
     "write_tsv",
     "write_ordination",
@@ -81,6 +91,12 @@ FIT_FILES = (
     "embedding.png",
 )
 
+#: Files ``mvae simulate`` and ``mvae images fit`` write (for recognising an earlier result).
+SIMULATE_FILES = ("table.biom", "loadings_clr.tsv", "bias_clr.tsv", "z.tsv", "depths.tsv",
+                  "simulation.json")
+IMAGE_FIT_FILES = ("model.safetensors", "config.json", "history.tsv", "loss.png", "samples.png",
+                   "reconstructions.png", "scores.tsv")
+
 _PACKAGES = ("mvae", "torch", "numpy", "scipy", "pandas", "anndata", "scikit-bio",
              "biom-format", "h5py", "safetensors", "click", "matplotlib", "tqdm")
 
@@ -97,13 +113,17 @@ class ResultsDirectory:
     outdir : str or os.PathLike
         The final directory. Missing parent directories are created.
     force : bool
-        Replace an existing ``outdir`` (only at commit: if the run fails it is kept).
+        Replace an existing ``outdir`` (only at commit: if the run fails it is kept), provided it
+        is an earlier mvae result (:func:`is_mvae_result`).
+    inputs : sequence of path
+        The files this run reads (table, metadata, tree): ``outdir`` must not hold any of them.
 
     Raises
     ------
     InputError
-        On entry: ``outdir`` exists (without ``force``) or is a file, or its parent cannot be
-        created or written. On commit: the rename failed.
+        On entry: ``outdir`` exists (without ``force``), is a file, is not an earlier mvae
+        result (with ``force``), holds an input, is being written by another run, or its parent
+        cannot be created or written. On commit: the rename failed.
 
     Examples
     --------
@@ -111,10 +131,14 @@ class ResultsDirectory:
     ...     (out.path / "a.tsv").write_text("x\\n")
     """
 
-    def __init__(self, outdir: str | os.PathLike, *, force: bool = False):
+    def __init__(self, outdir: str | os.PathLike, *, force: bool = False,
+                 inputs: Sequence[str | os.PathLike] = ()):
         self.outdir = Path(outdir)
+        self._target = Path(os.path.abspath(outdir))  # "." and "a/.." have a name and a parent
         self.force = force
+        self.inputs = [Path(p) for p in inputs if p is not None]
         self.path: Path | None = None
+        self._lock: _OutputLock | None = None
 
     def __enter__(self) -> "ResultsDirectory":
         self.open()
@@ -127,9 +151,10 @@ class ResultsDirectory:
             self.discard()
 
     def open(self) -> Path:
-        """Check the target and create the staging directory; returns its path."""
-        out = self.outdir
-        shown = str(out)
+        """Check the target, lock it, and create the staging directory; returns its path."""
+        out = self._target
+        shown = str(self.outdir)
+        _refuse_inputs_inside(self.outdir, self.inputs)
         if out.exists() or out.is_symlink():
             if not out.is_dir():
                 raise InputError(
@@ -140,26 +165,45 @@ class ResultsDirectory:
                     f"{shown}: already exists. Pass --force to replace it (it is replaced only "
                     "once the new results are complete), or choose another output directory."
                 )
-        parent = out.absolute().parent
+            _refuse_unless_result(self.outdir)
+        parent = out.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}.mvae-tmp-", dir=parent))
         except OSError as exc:
             raise InputError(
                 f"{shown}: cannot create the output directory ({exc.strerror or exc}: "
                 f"{exc.filename or parent}). Choose a location you can write to."
             ) from exc
+        self._lock = _OutputLock.acquire(out)
+        try:
+            _remove_leftovers(out)
+            self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}.mvae-tmp-", dir=parent))
+        except OSError as exc:
+            self._release()
+            raise InputError(
+                f"{shown}: cannot create the output directory ({exc.strerror or exc}: "
+                f"{exc.filename or parent}). Choose a location you can write to."
+            ) from exc
+        except BaseException:
+            self._release()
+            raise
         return self.path
 
     def commit(self) -> None:
         """Rename the staging directory to ``outdir`` (replacing it when ``force``)."""
         if self.path is None:
             raise RuntimeError("ResultsDirectory.commit() before open()")
-        out = self.outdir
+        out = self._target
         _normal_permissions(self.path)
         old = None
         try:
             if out.exists() and self.force:
+                try:  # files may have been added while the model trained
+                    _refuse_unless_result(self.outdir)
+                except InputError as exc:
+                    kept, self.path = self.path, None
+                    self._release()
+                    raise InputError(f"{exc} The new results are complete in {kept}.") from None
                 old = Path(tempfile.mkdtemp(prefix=f".{out.name}.mvae-old-", dir=self.path.parent))
                 os.rmdir(old)
                 os.rename(out, old)
@@ -169,19 +213,167 @@ class ResultsDirectory:
                 os.rename(old, out)  # put the previous results back
             self.discard()
             raise InputError(
-                f"{out}: cannot move the finished results into place ({exc}). Nothing was "
+                f"{self.outdir}: cannot move the finished results into place ({exc}). Nothing was "
                 "changed; check the location and run again."
             ) from exc
         self.path = None
         _fsync_dir(out.absolute().parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        self._release()
 
     def discard(self) -> None:
         """Remove the staging directory and everything in it."""
         if self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def _result_config(directory: Path) -> tuple[str, set] | None:
+    """``(kind, files it records)`` of an earlier mvae result in ``directory``, else None."""
+    for name, ok in (("config.json", lambda c: str(c.get("format", "")).startswith("mvae.")
+                      and isinstance(c.get("run"), dict)),
+                     ("simulation.json", lambda c: c.get("generator") == "mvae.simulate")):
+        p = directory / name
+        try:
+            if p.is_symlink() or not p.is_file() or p.stat().st_size > 2**28:
+                continue
+            config = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(config, dict) and ok(config):
+            recorded = (config.get("run") or {}).get("outputs") or config.get("files") or []
+            return name, {str(f) for f in recorded if isinstance(f, str)}
+    return None
+
+
+def is_mvae_result(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` is an earlier result of ``mvae fit``, ``mvae simulate`` or ``mvae
+    images fit`` that ``--force`` may replace.
+
+    It must hold an mvae ``config.json`` with a ``"run"`` section (what ``mvae fit`` writes) or
+    an mvae ``simulation.json``, and nothing else but plain files with the names mvae writes: a
+    user's own file or folder inside it makes it not replaceable.
+    """
+    return _foreign_entries(Path(directory)) == []
+
+
+def _foreign_entries(directory: Path) -> list[str] | None:
+    """None when ``directory`` holds no mvae marker; else the entries mvae did not write."""
+    found = _result_config(directory)
+    if found is None:
+        return None
+    allowed = set(FIT_FILES) | set(SIMULATE_FILES) | set(IMAGE_FIT_FILES) | found[1]
+    foreign = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if entry.name not in allowed or entry.is_symlink() or not entry.is_file():
+            foreign.append(entry.name + ("/" if entry.is_dir() else ""))
+    return foreign
+
+
+def _refuse_unless_result(out: Path) -> None:
+    try:
+        foreign = _foreign_entries(out)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot be read to check what it holds ({exc}); --force "
+                         "replaces only an earlier mvae result.") from exc
+    if foreign is None:
+        raise InputError(
+            f"{out}: --force replaces only an earlier mvae result, and this directory is not one "
+            "(it has no mvae config.json or simulation.json). Nothing was changed; choose a new "
+            "output directory, e.g. a subdirectory of it.")
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")
+        raise InputError(
+            f"{out}: --force would delete files mvae did not write ({shown}). Nothing was "
+            "changed; move them elsewhere or choose a new output directory.")
+
+
+def _refuse_inputs_inside(out: Path, inputs: Sequence[Path]) -> None:
+    """An output directory never holds (or is) a file the run reads."""
+    target = Path(os.path.realpath(out))
+    for p in inputs:
+        real = Path(os.path.realpath(p))
+        if real == target or target in real.parents:
+            raise InputError(
+                f"{out}: holds {p}, an input of this run; the output directory is replaced as a "
+                f"whole, so it must be a new directory (e.g. {out}/results).")
+
+
+class _OutputLock:
+    """An exclusive ``flock`` on ``.NAME.mvae-lock`` beside an output directory.
+
+    The kernel drops the lock when the process ends, however it ends, so a killed run never
+    leaves a stale lock; the file is removed on release. Where ``fcntl`` is missing (Windows)
+    no lock is taken.
+    """
+
+    def __init__(self, path: Path, fd: int | None):
+        self.path, self.fd = path, fd
+
+    @classmethod
+    def acquire(cls, out: Path) -> "_OutputLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return cls(out, None)
+        path = out.absolute().parent / f".{out.name}.mvae-lock"
+        for _ in range(10):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            except OSError as exc:
+                raise InputError(f"{out}: cannot create the lock file {path} "
+                                 f"({exc.strerror or exc}). Choose a location you can write "
+                                 "to.") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise InputError(
+                    f"{out}: another mvae run is writing this output directory now (it holds "
+                    f"the lock {path}). Wait for it to finish or choose another output "
+                    "directory.") from None
+            try:  # the holder before us may have removed the file we opened: lock the new one
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except OSError:
+                same = False
+            if same:
+                return cls(path, fd)
+            os.close(fd)
+        raise InputError(f"{out}: could not take the lock {path}; try again.")  # pragma: no cover
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still holding the lock (see acquire)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove the staging directories an earlier interrupted run into ``out`` left; warn."""
+    parent = out.absolute().parent
+    pattern = glob.escape(f".{out.name}.mvae-")
+    removed = []
+    for kind in ("tmp-", "old-"):
+        for p in sorted(parent.glob(pattern + kind + "*")):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+    if removed:
+        warnings.warn(f"removed {len(removed)} unfinished output director"
+                      f"{'y' if len(removed) == 1 else 'ies'} that an interrupted earlier run "
+                      f"into {out} left in {parent}: {', '.join(removed[:5])}", stacklevel=4)
 
 
 def _umask() -> int:

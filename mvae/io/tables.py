@@ -583,9 +583,28 @@ def _read_h5ad(p: Path, shown: str, layer: str | None):
                 f"{shown}: the file has no X matrix. Pass layer= with one of: "
                 f"{', '.join(repr(k) for k in available) if available else '(no layers either)'}."
             )
+        if available and not _has_nonzero(X):
+            raise InputError(
+                f"{shown}: X holds no reads (every value is 0), and the file has layers: the raw "
+                f"counts are probably in one of them. Pass --layer (layer=) with one of: "
+                f"{', '.join(repr(k) for k in available)}."
+            )
     sample_ids = [str(s) for s in adata.obs_names]
     feature_ids = [str(f) for f in adata.var_names]
     return X, sample_ids, feature_ids, adata.obs.copy(), adata.var.copy()
+
+
+def _has_nonzero(X) -> bool:
+    """Whether a dense or sparse matrix (or an h5py-backed array) holds a non-zero value."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    if sp.issparse(X):
+        return bool(np.any(X.data))
+    try:
+        return bool(np.any(np.asarray(X)))
+    except (TypeError, ValueError):  # something numpy cannot read: let the checks that follow say
+        return True
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,10 +50,50 @@ from mvae.errors import InputError
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["check_counts", "drop_empty", "Filtered", "DroppedWarning", "MAX_EXACT_COUNT"]
+__all__ = ["check_counts", "drop_empty", "Filtered", "DroppedWarning", "MAX_EXACT_COUNT",
+           "MAX_SEED", "MAX_THREADS", "MAX_HIDDEN", "check_seed", "check_threads"]
 
 #: Largest count that float64 holds exactly; every integer up to 2**53 is representable.
 MAX_EXACT_COUNT = 2**53
+#: Seeds are 32-bit (numpy's legacy range); torch and numpy generators are seeded from them with
+#: small offsets, which must stay below torch's 2**64.
+MAX_SEED = 2**32 - 1
+#: More threads than any machine mvae runs on; counts above the usable cores are clamped.
+MAX_THREADS = 1024
+#: The encoder's width: its first layer holds D x width weights (and as many for Adam twice).
+MAX_HIDDEN = 65536
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def check_seed(value, name: str = "random_state") -> None:
+    """``value`` is None or an integer seed in [0, MAX_SEED]; an InputError naming it otherwise."""
+    if value is None:
+        return
+    if not _is_int(value):
+        raise InputError(f"{name}={value!r} is not allowed: give an integer seed between 0 and "
+                         f"{MAX_SEED} (or None); a numpy Generator or RandomState cannot be "
+                         "recorded in a checkpoint or a model file")
+    if not 0 <= int(value) <= MAX_SEED:
+        raise InputError(f"{name}={value!r} is not allowed: give an integer seed between 0 and "
+                         f"{MAX_SEED}")
+
+
+def check_threads(value, name: str = "threads") -> None:
+    """``value`` is None or an integer in [1, MAX_THREADS]; an InputError naming it otherwise.
+
+    A count above the cores this process may use is allowed here and clamped where threads are
+    set (:func:`mvae.training.loop.torch_threads`): a model saved on a larger machine still loads.
+    """
+    if value is None:
+        return
+    if not _is_int(value) or not 1 <= int(value) <= MAX_THREADS:
+        from mvae.training.loop import usable_cores
+
+        raise InputError(f"{name}={value!r} is not allowed: need None or an integer between 1 "
+                         f"and {MAX_THREADS} (this machine has {usable_cores()} usable cores)")
 
 _RAW_COUNTS_HINT = (
     "(normalised data? mvae needs raw counts). Pass the integer number of reads per sample and "

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from .likelihoods import _coo_parts, count_depths, multinomial_log_const, softmax_log_normaliser
+from .likelihoods import (_coo_parts, _wide, count_depths, multinomial_log_const,
+                          softmax_log_normaliser)
 from .sparse_ops import segment_sums
 
 __all__ = ["factored_multinomial_log_prob", "CHUNK_ELEMENTS", "MIN_CHUNK_ROWS"]
@@ -122,7 +123,8 @@ def factored_multinomial_log_prob(left: torch.Tensor, right: torch.Tensor, base:
     B, D = counts.shape
     rows_per = (int(chunk_rows) if chunk_rows
                 else max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(1, D)))
-    depth = count_depths(counts).to(left.dtype)
+    depth = count_depths(counts)
+    depth = depth if _wide(counts, left.dtype) else depth.to(left.dtype)
     out = _FactoredLikelihood.apply(left, right, base, skip, log_scale, feature_log_var,
                                     skip_log_var, y, counts, eps, depth, rows_per)
     if log_const is None:
@@ -140,7 +142,7 @@ class _Block:
     which accumulates serially into a few addresses.
     """
 
-    def __init__(self, i0, i1, counts, y, ptr):
+    def __init__(self, i0, i1, counts, y, ptr, dtype):
         self.i0, self.i1 = i0, i1
         self.sparse = counts.is_sparse
         if self.sparse:
@@ -154,6 +156,9 @@ class _Block:
             self.y = y.values()[lo:hi]
         else:
             self.x, self.y = counts[i0:i1], y[i0:i1]
+        # float64 counts of deep samples: exact for x·ℓ (x_exact), the working dtype elsewhere
+        self.x_exact = self.x if _wide(self.x, dtype) else None
+        self.x = self.x.to(dtype)
 
     def at(self, t):
         """The entries of t (c, D) or (S, c, D) at the non-zeros: (nnz_c,) or (S, nnz_c)."""
@@ -182,13 +187,14 @@ class _Block:
         return a.index_select(0, self.cols)
 
 
-def _blocks(counts, y, rows_per):
+def _blocks(counts, y, rows_per, dtype):
     B = counts.shape[0]
     ptr = None
     if counts.is_sparse:
         rows, _, _ = _coo_parts(counts)
         ptr = torch.searchsorted(rows, torch.arange(B + 1, device=rows.device))
-    return [_Block(i0, min(B, i0 + rows_per), counts, y, ptr) for i0 in range(0, B, rows_per)]
+    return [_Block(i0, min(B, i0 + rows_per), counts, y, ptr, dtype)
+            for i0 in range(0, B, rows_per)]
 
 
 def _mean_block(blk, left, right, base, skip):
@@ -218,8 +224,11 @@ class _FactoredLikelihood(torch.autograd.Function):
         S = eps.shape[0]
         B, D = counts.shape
         sparse = counts.is_sparse
-        blocks = _blocks(counts, y, rows_per)
-        out = left.new_empty(S, B)
+        # deep samples (float64 counts): x·ℓ and N log Σ exp ℓ in float64, whose difference
+        # float32 cannot resolve when N |ℓ| is large (a probability above one at N = 10⁹)
+        wide = _wide(counts, left.dtype)
+        blocks = _blocks(counts, y, rows_per, left.dtype)
+        out = left.new_empty(S, B, dtype=torch.float64 if wide else left.dtype)
         soft = left.new_empty(S, B, D)  # −N softmax(ℓ) per block, saved for the backward pass
         # dense: the noise ε ⊙ v^{1/2} is kept in place of ε, so that the backward pass gets
         # ∂/∂log v from it without forming v again
@@ -235,15 +244,20 @@ class _FactoredLikelihood(torch.autograd.Function):
                 std_nz = torch.sqrt(blk.by_row(A) * blk.by_col(C) * R)
                 ell_nz = m_nz + eps[:, blk.lo:blk.hi] * std_nz  # (S, nnz_c)
                 blk.put_at(lg, ell_nz)
-                dot = blk.row_sum(ell_nz * blk.x)  # x·ℓ at the non-zeros, (S, c)
+                x = blk.x if blk.x_exact is None else blk.x_exact
+                dot = blk.row_sum(ell_nz * x)  # x·ℓ at the non-zeros, (S, c)
             else:
                 std = _scale_block(blk, t, f, g, 0.5)  # (c, D)
                 lg = torch.mul(eps[:, i0:i1], std, out=noise[:, i0:i1]).add(m)  # (S, c, D)
-                dot = torch.linalg.vecdot(lg, blk.x)  # x·ℓ, (S, c)
-            prob, log_norm = softmax_log_normaliser(lg)
+                dot = (torch.linalg.vecdot(lg, blk.x) if blk.x_exact is None  # x·ℓ, (S, c)
+                       else torch.linalg.vecdot(lg.double(), blk.x_exact))
             N = depth[i0:i1]
+            if wide:
+                prob, log_norm = torch.softmax(lg, -1), torch.logsumexp(lg.double(), -1)
+            else:
+                prob, log_norm = softmax_log_normaliser(lg)
             out[:, i0:i1] = dot - N * log_norm
-            torch.mul(prob, -N[:, None], out=soft[:, i0:i1])
+            torch.mul(prob, -N[:, None].to(prob.dtype), out=soft[:, i0:i1])
         ctx.save_for_backward(soft, left, right, base, skip, t, f, g,
                               eps if noise is None else noise)
         ctx.blocks = blocks
@@ -253,7 +267,7 @@ class _FactoredLikelihood(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         soft, left, right, base, skip, t, f, g, eps = ctx.saved_tensors
-        go = grad_out  # (S, B)
+        go = grad_out.to(soft.dtype)  # (S, B), in float64 for deep samples
         go_sum = go.sum(0)  # (B,)
         # Q's gradient is accumulated transposed, (r, D), for blocks of MIN_CHUNK_ROWS rows or
         # more, where the CPU BLAS is faster at Pᵀ gm than at gmᵀ P (and slower for thin blocks)

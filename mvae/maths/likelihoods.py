@@ -147,6 +147,7 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor,
     >>> multinomial_log_prob(torch.zeros(4, 1, 3), x.to_sparse()).shape   # 4 Monte Carlo draws
     torch.Size([4, 1])
     """
+    logits = _widened(logits, counts)
     if counts.is_sparse:
         dot = sparse_row_dot(counts, logits)
     else:
@@ -156,6 +157,17 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor,
     if log_const is None:
         log_const = multinomial_log_const(counts)
     return dot - depth * log_norm + log_const.to(logits.dtype)
+
+
+def _wide(counts: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether float64 counts meet lower-precision logits: the count-dependent sums are then
+    formed in float64 (deep samples; see :class:`mvae.training.batches.CountData`)."""
+    return counts.dtype == torch.float64 and dtype != torch.float64
+
+
+def _widened(t: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64 when :func:`_wide` (autograd casts the gradient back), else ``t``."""
+    return t.double() if _wide(counts, t.dtype) else t
 
 
 def softmax_log_normaliser(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,11 +203,19 @@ class _GaussianMultinomial(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mean, std, eps, counts, depth):
         logits = torch.addcmul(mean, eps, std)  # (S, B, D)
-        if counts.is_sparse:
-            dot = sparse_row_dot(counts, logits)
+        if _wide(counts, logits.dtype):  # deep samples: x·ℓ and N log Z in float64
+            wide = logits.double()
+            dot = (sparse_row_dot(counts, wide) if counts.is_sparse
+                   else torch.linalg.vecdot(wide, counts))
+            log_norm = torch.logsumexp(wide, dim=-1)
+            del wide
+            prob = torch.softmax(logits, dim=-1)
         else:
-            dot = torch.linalg.vecdot(logits, counts.to(logits.dtype))
-        prob, log_norm = softmax_log_normaliser(logits)
+            if counts.is_sparse:
+                dot = sparse_row_dot(counts, logits)
+            else:
+                dot = torch.linalg.vecdot(logits, counts.to(logits.dtype))
+            prob, log_norm = softmax_log_normaliser(logits)
         del logits
         out = dot - depth * log_norm  # (S, B)
         ctx.mean_shape, ctx.std_shape = mean.shape, std.shape
@@ -213,7 +233,7 @@ class _GaussianMultinomial(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         grad, eps = ctx.saved_tensors
-        grad = grad * grad_out.unsqueeze(-1)  # ∂/∂ℓ, (S, B, D)
+        grad = grad * grad_out.to(grad.dtype).unsqueeze(-1)  # ∂/∂ℓ, (S, B, D)
         grad_std = None
         if ctx.needs_input_grad[1]:
             grad_std = _sum_to(grad * eps, ctx.std_shape)
@@ -258,7 +278,8 @@ def gaussian_multinomial_log_prob(mean: torch.Tensor, std: torch.Tensor, eps: to
     ...                     multinomial_log_prob(m + e * s, x)))
     True
     """
-    depth = count_depths(counts).to(eps.dtype)
+    depth = count_depths(counts)
+    depth = depth if _wide(counts, eps.dtype) else depth.to(eps.dtype)
     out = _GaussianMultinomial.apply(mean, std, eps, counts, depth)
     if log_const is None:
         log_const = multinomial_log_const(counts)

@@ -39,9 +39,14 @@ def row_bags(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     if cached is None:
         yc = y if y.is_coalesced() else y.coalesce()
         rows, cols = yc.indices()
-        cached = _bags(rows, y.shape[0], cols, yc.values(), None)
+        members, offsets, _ = _bags(rows, y.shape[0], cols, cols, None)
+        cached = (members, offsets, yc if yc is not y else None)
         y._mvae_row_bags = cached
-    return cached
+    members, offsets, yc = cached
+    # values() is a view whose base is y: kept in y's own attributes it would make a cycle
+    # through torch's C++ side that Python's garbage collector cannot see, and every batch
+    # tensor would stay alive for the life of the process. It is an O(1) view: take it anew.
+    return members, offsets, (y if yc is None else yc).values()
 
 
 def column_bags(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -18,6 +18,8 @@ __all__ = ["CountData", "CountBatch", "SPARSE_DENSITY"]
 
 #: Tables sparser than this are kept sparse on the device.
 SPARSE_DENSITY = 0.05
+#: A batch holding a sample deeper than this is served in float64 (see :class:`CountData`).
+EXACT_DEPTH = 2**20
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class CountBatch:
     Attributes
     ----------
     counts : torch.Tensor, shape (B, D), dense or sparse COO
+        In the table's dtype, or float64 when a sample of the batch is deeper than
+        ``EXACT_DEPTH`` reads.
     log_const : torch.Tensor, shape (B,)
         :math:`\\log N! - \\sum_d \\log x_d!`, computed once per table rather than at every step.
     """
@@ -52,6 +56,15 @@ class CountData:
     density : float
         Fraction of non-zero entries.
     sparse : bool
+
+    Notes
+    -----
+    A batch with a sample deeper than ``EXACT_DEPTH`` (2²⁰) reads is served in float64, and the
+    likelihoods then form the count-dependent sums x·ℓ and N log Σ exp ℓ in float64: in float32
+    the counts above 2²⁴ are rounded and those sums (of order N |ℓ|) lose more than the
+    difference between them, so that a sample of 10⁹ reads could score a probability above
+    one. Other batches are served in ``dtype`` as before (their counts are exact in float32).
+    The multinomial constants are kept in float64 and served in the batch's dtype.
     """
 
     def __init__(self, X, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -66,14 +79,19 @@ class CountData:
         depth = np.asarray(csr.sum(axis=1)).ravel()
         cum = np.concatenate([[0.0], np.cumsum(gammaln(csr.data + 1))])
         per_row = cum[csr.indptr[1:]] - cum[csr.indptr[:-1]]  # Σ_d log x_d! per row, O(nnz)
-        self._log_const = torch.as_tensor(gammaln(depth + 1) - per_row, dtype=dtype,
+        # float64: log N! alone is ~2.6e13 at N = 10^12, far beyond float32's resolution
+        self._log_const = torch.as_tensor(gammaln(depth + 1) - per_row, dtype=torch.float64,
                                           device=self.device)
+        # deep tables keep exact counts; each batch is narrowed unless it needs them (batch())
+        self._deep = (torch.as_tensor(depth > EXACT_DEPTH, device=self.device)
+                      if depth.size and depth.max() > EXACT_DEPTH else None)
+        stored = torch.float64 if self._deep is not None else dtype
         if self.sparse:
             self._indptr = torch.as_tensor(csr.indptr.astype(np.int64), device=self.device)
             self._indices = torch.as_tensor(csr.indices.astype(np.int64), device=self.device)
-            self._values = torch.as_tensor(csr.data, dtype=dtype, device=self.device)
+            self._values = torch.as_tensor(csr.data, dtype=stored, device=self.device)
         else:
-            self._dense = torch.as_tensor(csr.toarray(), dtype=dtype, device=self.device)
+            self._dense = torch.as_tensor(csr.toarray(), dtype=stored, device=self.device)
 
     def __len__(self) -> int:
         return self.n_samples
@@ -81,7 +99,11 @@ class CountData:
     def batch(self, index: torch.Tensor) -> CountBatch:
         """Rows ``index`` (LongTensor, shape (B,)): counts (dense or sparse COO) and constants."""
         index = index.to(self.device)
-        return CountBatch(self._rows(index), self._log_const.index_select(0, index))
+        counts, log_const = self._rows(index), self._log_const.index_select(0, index)
+        if self._deep is None or not bool(self._deep.index_select(0, index).any()):
+            # every count of these rows is exact in float32, and so is the constant's use
+            return CountBatch(counts.to(self.dtype), log_const.to(self.dtype))
+        return CountBatch(counts, log_const)
 
     def _rows(self, index: torch.Tensor) -> torch.Tensor:
         if not self.sparse:

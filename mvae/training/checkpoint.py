@@ -24,7 +24,8 @@ from pathlib import Path
 
 from ..errors import ModelFileError
 
-__all__ = ["atomic_write_bytes", "save_checkpoint", "load_checkpoint", "sweep_temporary",
+__all__ = ["atomic_write_bytes", "save_checkpoint", "load_checkpoint", "check_checkpoint_target",
+           "sweep_temporary",
            "sha256_file", "write_model_files", "read_model_files", "TMP_PREFIX"]
 
 TMP_PREFIX = ".mvae-tmp-"
@@ -108,26 +109,60 @@ def read_model_files(path, *, formats, schema_version: int, what: str = "model",
     path = Path(path)
     cfg_path, st_path = path / "config.json", path / "model.safetensors"
     for p in (cfg_path, st_path):
-        if not p.is_file():
-            raise ModelFileError(f"{p}: not found; a saved {what} directory holds config.json "
-                                 "and model.safetensors")
+        _check_readable(p, what)
     try:
+        size = cfg_path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ModelFileError(f"{cfg_path}: {size} bytes, more than any mvae config.json "
+                                 f"({MAX_CONFIG_BYTES} at most); not a model file mvae wrote")
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise ModelFileError(f"{cfg_path}: JSON nested too deeply to be an mvae config") from None
+    except OSError as exc:
+        raise ModelFileError(f"{cfg_path}: cannot be read ({exc.strerror or exc})") from exc
     fmt = config.get("format") if isinstance(config, dict) else None
-    if fmt not in formats:
+    if not isinstance(fmt, str) or fmt not in formats:
         detail = wrong_format(fmt) if wrong_format else f"format {fmt!r} is not an mvae {what}"
         raise ModelFileError(f"{cfg_path}: {detail}")
     version = config.get("schema_version")
-    if not isinstance(version, int) or version > schema_version:
+    if not isinstance(version, int) or isinstance(version, bool) or version > schema_version:
         raise ModelFileError(f"{cfg_path}: schema_version {version!r} is newer than this mvae "
                              f"understands ({schema_version}); upgrade mvae")
     try:
+        with open(st_path, "rb") as fh:  # an unreadable file is named as such, not "not found"
+            fh.read(1)
         tensors = load_file(str(st_path))
-    except (SafetensorError, OSError, ValueError) as exc:
+    except OSError as exc:
+        raise ModelFileError(f"{st_path}: cannot be read ({exc.strerror or exc})") from exc
+    except (SafetensorError, ValueError) as exc:
         raise ModelFileError(f"{st_path}: not a readable safetensors file ({exc})") from exc
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelFileError(f"{st_path}: tensor {name!r} holds NaN or infinite values; the "
+                                 "model file is damaged (refit, or use an intact copy)")
     return config, tensors
+
+
+#: No config.json mvae writes comes near this (feature ids and history of a 10⁶-feature model).
+MAX_CONFIG_BYTES = 2**30
+
+
+def _check_readable(p: Path, what: str) -> None:
+    """A ModelFileError naming the real reason a model file cannot be opened."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ModelFileError(f"{p}: not found; a saved {what} directory holds config.json "
+                             "and model.safetensors") from None
+    except OSError as exc:  # a symlink loop, a name too long, a permission on the directory
+        raise ModelFileError(f"{p}: cannot be opened ({exc.strerror or exc})") from exc
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelFileError(f"{p}: not a regular file; a saved {what} directory holds "
+                             "config.json and model.safetensors")
 
 
 def _umask() -> int:
@@ -185,13 +220,43 @@ def load_checkpoint(path) -> dict:
         raise ModelFileError(f"{path}: checkpoint is empty (0 bytes)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, OSError...
+        # torch's own message may advise retrying with weights_only=False, which would run any
+        # code a planted file holds: it is never repeated to the user
         raise ModelFileError(
-            f"{path}: not a readable mvae checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'})") from exc
+            f"{path}: not a checkpoint mvae wrote, or a truncated or damaged one "
+            f"({type(exc).__name__}); mvae does not read it. Move it away (or choose another "
+            "output) and start again without resuming.") from exc
     if not isinstance(state, dict):
         raise ModelFileError(f"{path}: checkpoint does not hold a state dictionary")
     return state
+
+
+def check_checkpoint_target(path, *, format: str) -> None:
+    """Refuse to write checkpoints to ``path`` when a file there is not an mvae checkpoint.
+
+    A checkpoint path is overwritten at every save; a user's file given by mistake (``checkpoint=
+    "table.tsv"``) must never be replaced. A missing file is fine; an existing one must be a
+    torch checkpoint whose ``"format"`` is ``format``.
+
+    Raises
+    ------
+    ModelFileError
+        ``path`` is a directory, or an existing file that is not an mvae checkpoint.
+    """
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a directory; give the checkpoint a file name")
+    try:
+        state = load_checkpoint(path)
+    except ModelFileError:
+        state = None
+    if not isinstance(state, dict) or state.get("format") != format:
+        raise ModelFileError(
+            f"{path}: exists and is not an mvae checkpoint, so mvae will not overwrite it "
+            "with one. Give another checkpoint path.")
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:

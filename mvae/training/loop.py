@@ -84,6 +84,14 @@ def default_threads() -> int:
     return max(1, min(8, cores // 2))
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the system tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Run a block with ``n`` threads for torch and for numpy/scipy's BLAS (OpenBLAS, MKL...),
@@ -94,7 +102,8 @@ def torch_threads(n: int | None):
     eigendecomposition (9-16 s against 0.7 s single-threaded)."""
     from threadpoolctl import threadpool_limits
 
-    n = int(n or default_threads())
+    # more threads than cores only slows down, and a saved model may ask for a huge number
+    n = min(int(n or default_threads()), usable_cores())
     previous = torch.get_num_threads()
     with threadpool_limits(limits=n, user_api="blas"):
         torch.set_num_threads(n)
