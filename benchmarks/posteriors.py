@@ -15,7 +15,7 @@ rank-16 mean factor instead of 32) are fitted with otherwise default settings
 - simulations ``simulate(1000, 200, 10)`` in three sparsity regimes (10,000 reads, spread 0.5;
   100 reads, spread 1; 50 reads, spread 2) and ``simulate(1000, 2000, 10)`` kept sparse (100
   reads, spread 2: 3.4% non-zero), seeds 0-2, scored against the truth with
-  ``mvae.metrics`` (subspace distance, relative Frobenius error of Σ_clr, Spearman of the
+  ``mvae.evaluation.metrics`` (subspace distance, relative Frobenius error of Σ_clr, Spearman of the
   off-diagonal clr correlations, R² of the embeddings);
 - the real tables in ``data/`` (moving pictures 16S, Wirbel CRC shotgun, PBMC 68k reduced,
   ECAM 16S, the one sparse enough to be kept sparse),
@@ -65,9 +65,9 @@ def run_one(task: dict) -> dict:
     row = dict(task)
     if task["kind"] == "simulation":
         from mvae.covariance import LowRankCovariance
-        from mvae.metrics import (correlation_agreement, embedding_r2, relative_frobenius,
+        from mvae.evaluation.metrics import (correlation_agreement, embedding_r2, relative_frobenius,
                                   subspace_distance)
-        from mvae.simulate import simulate
+        from mvae.evaluation.simulate import simulate
 
         n_features, depth, spread = REGIMES[task["table"]]
         sim = simulate(1000, n_features, K, depth=depth, abundance_spread=spread,

@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "MultinomialVAE": "mvae.model",
     "read_counts": "mvae.io",
-    "simulate": "mvae.simulate",
-    "Simulation": "mvae.simulate",
+    "simulate": "mvae.evaluation.simulate",
+    "Simulation": "mvae.evaluation.simulate",
     "HelmertBasis": "mvae.compositions",
     "TreeBasis": "mvae.compositions",
     "LowRankCovariance": "mvae.covariance",

@@ -670,7 +670,7 @@ def simulate(outdir, n_samples, n_features, latent_dim, depth, depth_sd, sigma,
 
     from .io import write_biom
     from .outputs import ResultsDirectory, package_versions, write_tsv
-    from .simulate import simulate as run_simulation
+    from .evaluation.simulate import simulate as run_simulation
 
     _check_verbosity(quiet, verbose)
     with ResultsDirectory(outdir, force=force) as results:
@@ -832,7 +832,7 @@ def _table_summary(path: Path, layer, orientation) -> dict:
 
 
 # Command groups that live in their own modules (each imports its heavy dependencies lazily).
-from .cli_benchmark import benchmark  # noqa: E402
+from .evaluation.cli import benchmark  # noqa: E402
 from .cli_images import images  # noqa: E402
 
 main.add_command(benchmark)

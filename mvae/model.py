@@ -880,7 +880,7 @@ def _pca_initialise(module, n: int, read_rows, rng) -> None:
     """
     import torch
 
-    from .baselines import clr_pca
+    from .pca import clr_pca
 
     D = module.config.n_features
     k = module.config.n_latent

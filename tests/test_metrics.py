@@ -8,7 +8,7 @@ import scipy.stats
 
 from mvae.covariance import LowRankCovariance
 from mvae.errors import InputError
-from mvae.metrics import (
+from mvae.evaluation.metrics import (
     CorrelationAgreement,
     correlation_agreement,
     covariance_to_correlation,

@@ -1,6 +1,6 @@
 r"""Recovery metrics: how close an estimate is to the truth of a simulation.
 
-Shared by the tests and the benchmarks (DESIGN.md §2). Every metric is invariant to what the
+Shared by the tests and the benchmarks (docs/benchmarks.md). Every metric is invariant to what the
 model cannot identify: loadings are compared as subspaces (``W`` is identified only up to a
 rotation ``W R``), covariances as matrices, embeddings up to a linear map.
 
