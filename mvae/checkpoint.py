@@ -16,7 +16,6 @@ fallback to a full unpickle.
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import os
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 from .errors import ModelFileError
 
 __all__ = ["atomic_write_bytes", "save_checkpoint", "load_checkpoint", "sweep_temporary",
-           "sha256_file", "write_model_files", "read_model_files", "TMP_PREFIX"]
+           "write_model_files", "read_model_files", "TMP_PREFIX"]
 
 TMP_PREFIX = ".mvae-tmp-"
 
@@ -194,11 +193,3 @@ def load_checkpoint(path) -> dict:
         raise ModelFileError(f"{path}: checkpoint does not hold a state dictionary")
     return state
 
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()

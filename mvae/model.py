@@ -363,7 +363,7 @@ class MultinomialVAE:
         over the ranks, so every rank starts from the same statistics and rank 0's initial
         weights.
         """
-        from .checkpoint import sha256_file
+        from .io import sha256_file
         from .distributed import current
         from .streaming import StreamingCounts
         from .train import resolve_device, torch_threads
