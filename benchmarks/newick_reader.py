@@ -1,28 +1,29 @@
-"""Reading a Newick tree: mvae's own reader against scikit-bio's ``TreeNode.read``.
+"""What reading a Newick tree costs: ``TreeBasis.from_tree`` and the reader under it.
 
-The question (keep our reader or use the maintained one?) is decided by deep and large trees:
-for each tree, both readers turn the text into the ``(names, parent)`` preorder lists that
-``TreeBasis.from_tree`` works from (for scikit-bio: ``TreeNode.read(..., convert_underscores=False)``
-and then a walk over the nodes), and ``TreeBasis.from_tree`` is timed end to end with each.
-Time is the process's CPU time (``time.process_time``: the machine this was written on is
-shared, and CPU time is what other processes disturb least), the minimum over ``runs``
-repetitions, with the cyclic garbage collector's work included; peak memory is the
-largest Python allocation while reading (``tracemalloc``), in a separate repetition. Trees: a
-caterpillar (every internal node has a tip as its first child; depth = tips - 1) and a balanced
-tree.
+mvae reads Newick text with scikit-bio (``skbio.TreeNode.read`` with
+``convert_underscores=False``, then a walk over the nodes into the ``(names, parent)`` preorder
+lists that ``TreeBasis.from_tree`` works from). For each tree this times that reading step
+(``mvae.compositions._parse_newick``) and ``TreeBasis.from_tree`` end to end. Time is the
+process's CPU time (``time.process_time``: the machine this was written on is shared, and CPU
+time is what other processes disturb least), the minimum over ``runs`` repetitions, with the
+cyclic garbage collector's work included; peak memory is the largest Python allocation while
+reading (``tracemalloc``), in a separate repetition. Trees: a caterpillar (every internal node
+has a tip as one child; depth = tips - 1) and a balanced tree.
+
+The comparison with the reader mvae had before (its own regex tokenizer), measured with this
+script at the commit that still had both, is in ``benchmarks/results/maintained/README.md``.
 
 Run from the repository root::
 
     python benchmarks/newick_reader.py                 # 10,000 and 100,000 tips, 3 runs
     python benchmarks/newick_reader.py --tips 100000   # one size
-    python benchmarks/newick_reader.py --smoke    # 1,000 tips, 1 run
+    python benchmarks/newick_reader.py --smoke         # 1,000 tips, 1 run
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import io
 import sys
 import time
 import tracemalloc
@@ -42,21 +43,6 @@ def balanced(n: int) -> str:
             merged.append(level[-1])
         level = merged
     return level[0] + ";"
-
-
-def _readers():
-    from skbio import TreeNode
-
-    from mvae.compositions import _parse_newick, _tree_from_skbio
-
-    def ours(text):
-        return _parse_newick(text, "the benchmark string")
-
-    def skbio(text):
-        tree = TreeNode.read(io.StringIO(text), format="newick", convert_underscores=False)
-        return _tree_from_skbio(tree)
-
-    return {"mvae": ours, "scikit-bio": skbio}
 
 
 def _best_time(fn, runs: int) -> float:
@@ -80,39 +66,31 @@ def _peak_mib(fn) -> float:
 
 
 def main(config: dict) -> list[dict]:
-    """One row per tree and reader: tips, parse seconds, peak MiB, ``from_tree`` seconds."""
-    import mvae.compositions as compositions
+    """One row per tree: tips, reading seconds, peak MiB, ``from_tree`` seconds."""
+    from mvae.compositions import TreeBasis, _parse_newick
 
     runs = int(config.get("runs", 3))
     sizes = config.get("sizes", [10_000, 100_000])
-    readers = _readers()
     rows = []
     for shape, build in (("caterpillar", caterpillar), ("balanced", balanced)):
         for n in sizes:
             text = build(n)
             ids = [f"t{i}" for i in range(n)]
-            reference = readers["mvae"](text)
-            for name, read in readers.items():
-                assert read(text) == reference, (shape, n, name)  # same tree either way
-                original = compositions._read_tree
-                compositions._read_tree = read  # from_tree end to end with this reader
-                try:
-                    basis_s = _best_time(lambda: compositions.TreeBasis.from_tree(text, ids), runs)
-                finally:
-                    compositions._read_tree = original
-                rows.append({"tree": shape, "tips": n, "reader": name,
-                             "parse_s": _best_time(lambda: read(text), runs),
-                             "parse_peak_mib": _peak_mib(lambda: read(text)),
-                             "from_tree_s": basis_s})
+            names, _ = _parse_newick(text, "the benchmark string")
+            assert sorted(x for x in names if x) == sorted(ids), (shape, n)
+            rows.append({"tree": shape, "tips": n,
+                         "parse_s": _best_time(lambda: _parse_newick(text, "-"), runs),
+                         "parse_peak_mib": _peak_mib(lambda: _parse_newick(text, "-")),
+                         "from_tree_s": _best_time(lambda: TreeBasis.from_tree(text, ids), runs)})
     return rows
 
 
 def _print(rows: list[dict]) -> None:
-    print("| tree | tips | reader | parse (s) | parse peak (MiB) | TreeBasis.from_tree (s) |")
-    print("|---|---:|---|---:|---:|---:|")
+    print("| tree | tips | read (CPU s) | read peak (MiB) | TreeBasis.from_tree (CPU s) |")
+    print("|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['tree']} | {r['tips']:,} | {r['reader']} | {r['parse_s']:.3f} | "
-              f"{r['parse_peak_mib']:.0f} | {r['from_tree_s']:.3f} |")
+        print(f"| {r['tree']} | {r['tips']:,} | {r['parse_s']:.3f} | {r['parse_peak_mib']:.0f} | "
+              f"{r['from_tree_s']:.3f} |")
 
 
 if __name__ == "__main__":
