@@ -97,7 +97,7 @@ def main(D: int = 2_000, steps: int = 32, rounds: int = 3, compile_: bool = True
     import torch
     from torch import nn
 
-    from mvae.train import reuse_freed_memory
+    from mvae.training.loop import reuse_freed_memory
 
     torch.set_num_threads(1)
     dense = torch.as_tensor(make_counts(4096, D, None).toarray(), dtype=torch.float32)

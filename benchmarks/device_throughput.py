@@ -33,8 +33,8 @@ CASES = [(20_000, 0.02, 4096), (100_000, 0.01, 4096)]  # (D, density, samples)
 # name -> function(X, epochs, device) -> (samples, cpu s, wall s)
 METHODS = {
     "reference": lambda X, e, dev: run_reference(X, e, device=dev),
-    "mvae-default": lambda X, e, dev: run_mvae(X, e, "marginal", "factored", device=dev),
-    "mvae-sampled": lambda X, e, dev: run_mvae(X, e, "sampled", "full", device=dev),
+    "mvae-default": lambda X, e, dev: run_mvae(X, e, "marginal", device=dev),
+    "mvae-sampled": lambda X, e, dev: run_mvae(X, e, "sampled", device=dev),
 }
 
 

@@ -68,7 +68,7 @@ def main(argv=None) -> None:
         read_images,
         split_indices,
     )
-    from mvae.modules.conv import corrupt
+    from mvae.images.modules import corrupt
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     digits = read_images(ROOT / "data/mnist_5k.csv.gz")

@@ -49,9 +49,9 @@ def main(argv=None) -> None:
     import pandas as pd
     import torch
 
-    from mvae.image_likelihoods import bits_per_dim
     from mvae.images import ConvVAE, landscape_set
     from mvae.images.grids import comparison_grid, save_grid
+    from mvae.images.likelihoods import bits_per_dim
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     train, test = landscape_set(args.n_train, args.n_test, size=args.size, seed=args.seed)

@@ -58,8 +58,8 @@ def main(argv=None) -> None:
     import pandas as pd
     import torch
 
-    from mvae.image_likelihoods import bits_per_dim
     from mvae.images import ConvVAE, read_images, split_indices
+    from mvae.images.likelihoods import bits_per_dim
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     digits = read_images(ROOT / "data/mnist_5k.csv.gz")

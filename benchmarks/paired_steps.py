@@ -7,19 +7,18 @@ module on the same simulated table in one process, and the variants take turns: 
 The time of each block is divided by the first variant's block of the same round; the median of
 these ratios over the rounds is reported with their range. One torch thread, CPU seconds.
 
-A variant is a set of ``MVAEConfig`` fields (``reconstruction=mc posterior_rank=16``); code
+A variant is a set of ``MVAEConfig`` fields (``posterior_rank=16 n_mc_samples=2``); code
 changes are compared from Python by passing a context manager that patches the old code in while
 its blocks run (``run(..., contexts={...})``), as the notes in ``results/throughput/README.md``
 describe.
 
-    python benchmarks/paired_steps.py --features 20000 --variants "" "reconstruction=mc"
+    python benchmarks/paired_steps.py --features 20000 --variants "" "posterior_rank=16"
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import time
 
 try:
@@ -29,7 +28,7 @@ except ImportError:  # run as a script: benchmarks/ itself is on the path
 
 
 def parse_variant(text: str) -> dict:
-    """``"reconstruction=mc posterior_rank=16"`` -> {"reconstruction": "mc", "posterior_rank": 16}
+    """``"activation=relu posterior_rank=16"`` -> {"activation": "relu", "posterior_rank": 16}
     (integers and floats are converted; the empty string is the default configuration)."""
     out = {}
     for item in text.split():
@@ -49,19 +48,14 @@ def parse_variant(text: str) -> dict:
 def _module(X, overrides: dict):
     import torch
 
-    from mvae.data import SPARSE_DENSITY
     from mvae.model import _input_statistics
-    from mvae.modules import MultinomialVAEModule, MVAEConfig
-    from mvae.modules.mvae import resolve_reconstruction
+    from mvae.counts import MultinomialVAEModule, MVAEConfig
 
     torch.manual_seed(0)
     n, D = X.shape
     cfg = MVAEConfig(**(dict(n_features=D, n_latent=K, n_hidden=HIDDEN, encoder_depth=2)
                         | overrides))
-    # settle "auto" as model.py does, from the table's density
-    estimator = resolve_reconstruction(cfg.reconstruction, cfg.objective,
-                                       X.nnz / (n * D) < SPARSE_DENSITY)
-    module = MultinomialVAEModule(dataclasses.replace(cfg, reconstruction=estimator))
+    module = MultinomialVAEModule(cfg)
     pooled, centre, scale = _input_statistics(X, 1.0)
     module.initialise_from_data(torch.as_tensor(pooled, dtype=torch.float32),
                                 torch.as_tensor(centre, dtype=torch.float32), scale)
@@ -91,8 +85,8 @@ def run(variants: dict[str, dict], case, steps: int = 8, rounds: int = 8,
     import numpy as np
     import torch
 
-    from mvae.data import CountData
-    from mvae.train import _adam, _clip_gradients, reuse_freed_memory
+    from mvae.training.batches import CountData
+    from mvae.training.loop import _adam, _clip_gradients, reuse_freed_memory
 
     torch.set_num_threads(1)
     D, density, n, _ = case
@@ -144,7 +138,7 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--features", nargs="*", type=int, default=[20_000],
                    help="cases of throughput.py to run, by D (default 20000)")
-    p.add_argument("--variants", nargs="+", default=["", "reconstruction=mc"],
+    p.add_argument("--variants", nargs="+", default=["", "posterior_rank=16"],
                    help='MVAEConfig overrides per variant, e.g. "" "posterior_rank=16"; the '
                         "first is the baseline of the ratios")
     p.add_argument("--steps", type=int, default=8, help="steps per block (default 8)")

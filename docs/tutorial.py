@@ -228,7 +228,7 @@ def cli_arguments(config: Config, out: Path, *, shown: bool = False) -> list[str
     p = _shown if shown else str
     args = ["fit", p(config.table), "-o", p(out), "--metadata", p(config.metadata),
             "--color", "Country", "--threads", str(config.threads), "--seed", str(config.seed),
-            "--lr", "0.001", "--posterior", "full"]
+            "--lr", "0.001"]
     if config.latent_dim != 10:
         args += ["--latent-dim", str(config.latent_dim)]
     if config.encoder_depth != 2:
@@ -292,8 +292,8 @@ def _run(config: Config) -> dict:
     import mvae
     from mvae.evaluation.baselines import clr_pca
     from mvae.cli import main as mvae_cli
-    from mvae.compositions import clr_pseudocount
-    from mvae.metadata import align_metadata, read_metadata
+    from mvae.maths.compositions import clr_pseudocount
+    from mvae.io.metadata import align_metadata, read_metadata
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(config.out_dir)
@@ -341,7 +341,7 @@ def _run(config: Config) -> dict:
         py = mvae.MultinomialVAE(n_latent=config.latent_dim, encoder_depth=config.encoder_depth,
                                  n_hidden=config.hidden, max_epochs=config.epochs,
                                  learning_rate=1e-3, random_state=config.seed,
-                                 threads=config.threads, posterior="full")
+                                 threads=config.threads)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             py.fit(adata)
@@ -427,7 +427,7 @@ def _run(config: Config) -> dict:
         other = mvae.MultinomialVAE(n_latent=config.latent_dim, encoder_depth=config.encoder_depth,
                                     n_hidden=config.hidden, max_epochs=config.epochs,
                                     learning_rate=1e-3, random_state=seed,
-                                    threads=config.threads, posterior="full")
+                                    threads=config.threads)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             other.fit(adata.X)  # a bare matrix: adata.obsm["X_mvae"] is left alone

@@ -10,17 +10,17 @@ Heavy dependencies (torch, anndata, scikit-bio, biom-format) are imported on fir
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> module that defines it; resolved lazily by __getattr__
 _LAZY = {
     "MultinomialVAE": "mvae.model",
-    "read_counts": "mvae.io",
+    "read_counts": "mvae.io.tables",
     "simulate": "mvae.evaluation.simulate",
     "Simulation": "mvae.evaluation.simulate",
-    "HelmertBasis": "mvae.compositions",
-    "TreeBasis": "mvae.compositions",
-    "LowRankCovariance": "mvae.covariance",
+    "HelmertBasis": "mvae.maths.compositions",
+    "TreeBasis": "mvae.maths.compositions",
+    "LowRankCovariance": "mvae.maths.covariance",
     "InputError": "mvae.errors",
     "ModelFileError": "mvae.errors",
 }

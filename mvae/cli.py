@@ -27,7 +27,7 @@ import click
 from . import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
-ORIENTATIONS = ("samples-as-rows", "features-as-rows")  # = mvae.io.ORIENTATIONS (not imported)
+ORIENTATIONS = ("samples-as-rows", "features-as-rows")  # = mvae.io.tables.ORIENTATIONS (not imported)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -35,7 +35,48 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 class _Group(click.Group):
-    """Turn the errors mvae raises on purpose into a one-line message and exit code 2."""
+    """The ``mvae`` group: loads subcommands from other modules on demand, and turns the errors
+    mvae raises on purpose into a one-line message and exit code 2.
+
+    Parameters
+    ----------
+    lazy_commands : dict of str to (str, str), optional
+        Subcommand name -> (``"module.path:attribute"`` of its click command, its short help).
+        The module is imported only when the subcommand is looked up by name (invoked, or its
+        own ``--help``); ``mvae --help`` lists it with the short help given here, so that
+        neither ``mvae --help`` nor ``mvae fit`` imports it.
+    """
+
+    def __init__(self, *args, lazy_commands: dict[str, tuple[str, str]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx):
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            from importlib import import_module
+
+            module, _, attribute = self.lazy_commands[cmd_name][0].partition(":")
+            self.add_command(getattr(import_module(module), attribute), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx, formatter):
+        """The command list of ``--help``; a lazy command's short help comes from the mapping."""
+        names = [name for name in self.list_commands(ctx)
+                 if name in self.lazy_commands or not self.commands[name].hidden]
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)  # as click.Group does
+        rows = []
+        for name in names:
+            # a stand-in command shortens the mapping's text exactly as click shortens a help
+            command = (click.Command(name, help=self.lazy_commands[name][1])
+                       if name in self.lazy_commands else self.commands[name])
+            rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx):
         from .errors import MVAEError, TrainingInterrupted
@@ -57,7 +98,17 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-@click.group(cls=_Group, context_settings=CONTEXT)
+# Command groups that live in other modules, imported only when used (see _Group):
+# name -> ("module.path:attribute", short help for `mvae --help`, = the group's first sentence).
+LAZY_COMMANDS = {
+    "benchmark": ("mvae.evaluation.cli:benchmark",
+                  "Simulation benchmarks with known truth (results as CSV, markdown and PNG)."),
+    "images": ("mvae.images.cli:images",
+               "Convolutional VAE, autoencoder and denoising autoencoder for images."),
+}
+
+
+@click.group(cls=_Group, lazy_commands=LAZY_COMMANDS, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="mvae")
 def main():
     """Multinomial variational autoencoders for count tables (microbiome, single-cell).
@@ -124,7 +175,7 @@ def _load_model(path: Path):
 
 
 def _read_table(path: Path, layer, orientation):
-    from .io import read_counts
+    from .io.tables import read_counts
 
     return read_counts(path, layer=layer, orientation=orientation)
 
@@ -132,7 +183,7 @@ def _read_table(path: Path, layer, orientation):
 def _resolve_threads(threads):
     if threads is not None:
         return int(threads)
-    from .train import default_threads
+    from .training.loop import default_threads
 
     return default_threads()
 
@@ -156,7 +207,7 @@ def _check_device(device: str) -> str:
 def _check_table_usable(adata, table: Path, latent_dim: int) -> None:
     """Fail before training, naming TABLE, when too little is left after empty rows/columns."""
     from .errors import InputError
-    from .validation import drop_empty
+    from .io.validation import drop_empty
 
     try:
         with warnings.catch_warnings():
@@ -177,7 +228,7 @@ def _check_tree(tree: Path, adata) -> None:
     """Fail before training when the tree cannot give a basis for the table's features."""
     import numpy as np
 
-    from .compositions import TreeBasis
+    from .maths.compositions import TreeBasis
     from .errors import InputError
 
     try:
@@ -264,18 +315,6 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
               help="Pseudocount c in the encoder input log(x + c).")
 @click.option("--objective", default="marginal", type=click.Choice(["marginal", "sampled"]),
               help="ELBO form (marginal integrates z out; sampled is catvae's).")
-@click.option("--posterior", default="factored",
-              type=click.Choice(["full", "hybrid", "factored", "lowrank"]),
-              help="Parametrisation of the marginal objective's posterior over the D logits "
-                   "(docs/model.md §4): factored is about twice as fast as full at D >= 20,000 "
-                   "and as accurate on the simulation benchmark; lowrank is the least accurate.")
-@click.option("--reconstruction", default="auto",
-              type=click.Choice(["auto", "mc", "mixed", "bound"]),
-              help="Estimator of the expected log-likelihood with the marginal objective: "
-                   "Monte Carlo draws (mc); draws for the observed features and the Jensen bound "
-                   "over the zero counts (mixed; faster on wide sparse tables); the bound "
-                   "everywhere (bound; deterministic, no (B, D) random numbers); or auto: mixed "
-                   "for tables kept sparse (density below 5%), mc otherwise.")
 @click.option("--basis", default=None, type=click.Choice(["helmert", "balanced", "tree"]),
               help="ILR basis of loadings_ilr.tsv [default: tree when --tree is given, else "
                    "helmert].")
@@ -320,8 +359,7 @@ def _wrap_write_errors(outdir, func, *args, **kwargs):
               help="With --stream: memory budget of one chunk of samples, in MiB.")
 @_verbosity
 @click.pass_context
-def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, objective,
-        posterior, reconstruction, basis,
+def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, objective, basis,
         tree, layer, orientation, epochs, batch_size, lr, seed, threads, device, metadata, color,
         top, min_abs, force, checkpoint_every, resume, distributed, stream, chunk_mb, quiet,
         verbose):
@@ -334,8 +372,6 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
     temporary sibling and renamed into place at the end.
     """
     _check_verbosity(quiet, verbose)
-    if reconstruction in ("mixed", "bound") and objective != "marginal":
-        raise click.UsageError(f"--reconstruction {reconstruction} needs --objective marginal.")
     if basis is None:
         basis = "tree" if tree is not None else "helmert"
     if basis == "tree" and tree is None:
@@ -343,15 +379,14 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
     if tree is not None and basis != "tree":
         raise click.UsageError(f"--tree is only used with --basis tree (got --basis {basis}).")
 
-    from .outputs import ResultsDirectory
+    from .io.outputs import ResultsDirectory
 
     def make_model():
         from .model import MultinomialVAE
 
         return MultinomialVAE(
             n_latent=latent_dim, encoder_depth=encoder_depth, n_hidden=hidden,
-            pseudocount=pseudocount, objective=objective, posterior=posterior,
-            reconstruction=reconstruction, basis=basis,
+            pseudocount=pseudocount, objective=objective, basis=basis,
             tree=str(tree) if tree else None, max_epochs=epochs, batch_size=batch_size,
             learning_rate=lr, random_state=seed, threads=threads, device=device,
             progress=not quiet and _stderr_is_tty(),
@@ -361,7 +396,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
         _check_streamable(table, orientation)
     max_bytes = chunk_mb * 2**20
     if distributed:
-        from .distributed import init_from_env, is_writer
+        from .training.distributed import init_from_env, is_writer
 
         init_from_env(device)
         if not is_writer():  # other ranks train their shard and write nothing
@@ -377,10 +412,10 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
     started = time.time()
     cpu0 = time.process_time()
     with ResultsDirectory(outdir, force=force) as results:  # fails here if OUTDIR is unusable
-        from .io import sha256_file
+        from .io.tables import sha256_file
 
         if stream:
-            from .streaming import StreamingCounts
+            from .io.streaming import StreamingCounts
 
             with StreamingCounts(table, layer=layer, max_bytes=max_bytes) as whole:
                 sample_names, n_obs, n_vars = whole.sample_ids, len(whole), whole.n_features
@@ -394,7 +429,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
         colour = colour_kind = None
         md_info = None
         if metadata is not None:
-            from .metadata import align_metadata, metadata_column, read_metadata
+            from .io.metadata import align_metadata, metadata_column, read_metadata
 
             md = align_metadata(read_metadata(metadata), sample_names, table=str(table))
             md_info = {"path": str(metadata.absolute()), "sha256": sha256_file(metadata)}
@@ -432,7 +467,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
             fitted = adata
         fit_seconds = time.perf_counter() - t_fit
 
-        from .outputs import package_versions, write_fit_results
+        from .io.outputs import package_versions, write_fit_results
 
         run = {
             "command": ctx.command_path,
@@ -502,7 +537,7 @@ def transform(model_dir, table, output, layer, orientation, threads, quiet, verb
     """
     import pandas as pd
 
-    from .outputs import atomic_path, write_tsv
+    from .io.outputs import atomic_path, write_tsv
 
     _check_verbosity(quiet, verbose)
     with atomic_path(output) as tmp:
@@ -534,7 +569,7 @@ def score(model_dir, table, output, layer, orientation, n_samples, threads, quie
     import numpy as np
     import pandas as pd
 
-    from .outputs import atomic_path, write_tsv
+    from .io.outputs import atomic_path, write_tsv
 
     _check_verbosity(quiet, verbose)
     with atomic_path(output) as tmp:
@@ -577,8 +612,8 @@ def score(model_dir, table, output, layer, orientation, n_samples, threads, quie
 @_verbosity
 def sample(model_dir, n, output, depth, prefix, seed, quiet, verbose):
     """Draw N new count samples from a fitted MODEL's generative model into a BIOM file."""
-    from .io import write_biom
-    from .outputs import atomic_path
+    from .io.tables import write_biom
+    from .io.outputs import atomic_path
 
     _check_verbosity(quiet, verbose)
     with atomic_path(output) as tmp:
@@ -605,7 +640,7 @@ def network(model_dir, output, top, min_abs, threads, quiet, verbose):
     Writes feature_a, feature_b, correlation, covariance (TSV), sorted by |correlation|;
     computed in chunks from the low-rank covariance, never as a dense D x D matrix.
     """
-    from .outputs import atomic_path, write_tsv
+    from .io.outputs import atomic_path, write_tsv
 
     _check_verbosity(quiet, verbose)
     with atomic_path(output) as tmp:
@@ -668,8 +703,8 @@ def simulate(outdir, n_samples, n_features, latent_dim, depth, depth_sd, sigma,
     import numpy as np
     import pandas as pd
 
-    from .io import write_biom
-    from .outputs import ResultsDirectory, package_versions, write_tsv
+    from .io.tables import write_biom
+    from .io.outputs import ResultsDirectory, package_versions, write_tsv
     from .evaluation.simulate import simulate as run_simulation
 
     _check_verbosity(quiet, verbose)
@@ -780,9 +815,6 @@ def _model_summary(path: Path) -> dict:
         "encoder depth": int(model.encoder_depth),
         "hidden": int(model.n_hidden),
         "objective": model.objective,
-        "posterior": model.posterior if model.objective == "marginal" else None,
-        "reconstruction": (model.reconstruction if model.reconstruction != "auto"  # what ran:
-                           else f"auto ({model.module_.config.reconstruction})"),
         "pseudocount": float(model.pseudocount),
         "basis": model.basis,
         "parameters": n_params,
@@ -830,13 +862,6 @@ def _table_summary(path: Path, layer, orientation) -> dict:
         "first features": [str(f) for f in adata.var_names[:3]],
     }
 
-
-# Command groups that live in their own modules (each imports its heavy dependencies lazily).
-from .evaluation.cli import benchmark  # noqa: E402
-from .cli_images import images  # noqa: E402
-
-main.add_command(benchmark)
-main.add_command(images)
 
 
 if __name__ == "__main__":  # pragma: no cover

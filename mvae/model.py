@@ -1,7 +1,7 @@
 """The user-facing multinomial VAE: fit / transform / score / sample / save / load.
 
 ``MultinomialVAE`` owns data handling and training; the maths lives in
-:class:`mvae.modules.MultinomialVAEModule`. scikit-learn conventions: ``__init__`` only stores its
+:class:`mvae.counts.MultinomialVAEModule`. scikit-learn conventions: ``__init__`` only stores its
 arguments, ``fit`` checks them, learned state ends in ``_``.
 
 Results are reported in an ordered orthogonal form, as PCA users expect: W is identified only up to a
@@ -59,28 +59,13 @@ class MultinomialVAE:
     objective : {"marginal", "sampled"}
         ``marginal`` integrates z out analytically (learns σ and the spectrum of W);
         ``sampled`` is catvae's form, kept for comparison.
-    posterior : {"factored", "full", "hybrid", "lowrank"}
-        Parametrisation of the ``marginal`` objective's posterior over the D logits (see
-        docs/model.md §4). ``factored`` (default): mean b̃ + R g(u) + a ⊙ clr(log(x + c)) with a
-        (D, r) factor R of its own, variance exp(s(u) + c_d + β_d log(x_d/c + 1)) with s(u) one
-        scalar per sample; O(D r) per sample and a fused, chunked likelihood, about twice as fast
-        as ``full`` at D ≥ 20,000. ``full``: width-H → D heads for mean and variance (about 4x a
-        plain VAE's matrix work; the earlier default). ``hybrid``: the ``full`` mean with the
-        ``factored`` variance. ``lowrank``: as ``factored`` with R = W̃, the decoder's own
-        loadings, which lets the encoder pull on the decoder: the least accurate. Accuracy of
-        all four on simulations and the real tables: benchmarks/results/posteriors/.
     posterior_rank : int
-        r, the width of the ``factored`` posterior's mean factor (default 32).
-    reconstruction : {"auto", "mc", "mixed", "bound"}
-        Estimator of E_q[log p(x | ℓ)] in the ``marginal`` ELBO: ``mc`` reparameterised Monte
-        Carlo draws (``n_mc_samples`` per sample and step); ``bound`` the deterministic Jensen
-        bound x·m − N log Σ_d exp(m_d + v_d/2), a lower bound of the same ELBO that needs no
-        (B, D) random numbers; ``mixed`` draws for the non-zero counts and the bound over the
-        zeros, a lower bound between the two that draws only nnz numbers for a sparse table.
-        ``auto`` (default): ``mixed`` when the table is kept sparse (density below 5%), where it
-        is 1.3x faster at D = 20,000 and was as accurate as ``mc``; ``mc`` otherwise, where
-        ``mixed`` and ``bound`` were slightly less accurate on the simulations (docs/model.md
-        §5).
+        r, the width of the ``marginal`` posterior's mean factor: q(ℓ | x) has mean
+        b̃ + R g(u) + a ⊙ clr(log(x + c)) with a (D, r) factor R of its own and variance
+        exp(s(u) + c_d + β_d log(x_d/c + 1)), s(u) one scalar per sample (docs/model.md). The
+        expected log-likelihood is estimated by Monte Carlo for tables kept dense, and with
+        draws at the non-zero counts and the Jensen bound at the zeros for tables kept sparse
+        (density below 5%): the choice follows the data, not a setting.
     basis : {"helmert", "balanced", "tree"}
         ILR basis used to report loadings and covariances in balance coordinates. Training does not
         depend on it (it runs in clr coordinates).
@@ -125,8 +110,7 @@ class MultinomialVAE:
 
     def __init__(self, n_latent: int = 10, *, encoder_depth: int = 2, n_hidden: int = 128,
                  pseudocount: float = 1.0, objective: str = "marginal",
-                 posterior: str = "factored", posterior_rank: int = 32, reconstruction: str = "auto",
-                 basis: str = "helmert",
+                 posterior_rank: int = 32, basis: str = "helmert",
                  tree=None, activation: str = "gelu", dropout: float = 0.0, n_mc_samples: int = 1,
                  batch_size: int = 128, max_epochs: int | None = None,
                  learning_rate: float = 3e-3,
@@ -139,9 +123,7 @@ class MultinomialVAE:
         self.n_hidden = n_hidden
         self.pseudocount = pseudocount
         self.objective = objective
-        self.posterior = posterior
         self.posterior_rank = posterior_rank
-        self.reconstruction = reconstruction
         self.basis = basis
         self.tree = tree
         self.activation = activation
@@ -185,15 +167,8 @@ class MultinomialVAE:
              and self.pseudocount > 0, "pseudocount", "need a finite number > 0")
         need(self.objective in ("marginal", "sampled"), "objective",
              "choose 'marginal' or 'sampled'")
-        need(self.posterior in ("full", "hybrid", "lowrank", "factored"), "posterior",
-             "choose 'full', 'hybrid', 'lowrank' or 'factored'")
         need(is_int(self.posterior_rank) and self.posterior_rank >= 1, "posterior_rank",
              "need an integer >= 1")
-        need(self.reconstruction in ("auto", "mc", "bound", "mixed"), "reconstruction",
-             "choose 'auto', 'mc', 'bound' or 'mixed'")
-        need(self.reconstruction in ("auto", "mc") or self.objective == "marginal",
-             "reconstruction",
-             f"'{self.reconstruction}' needs objective='marginal'")
         need(self.basis in _BASES, "basis", f"choose one of {_BASES}")
         need(self.basis != "tree" or self.tree is not None, "tree",
              "basis='tree' needs a Newick tree (tree=...)")
@@ -244,7 +219,7 @@ class MultinomialVAE:
         """Counts of new data as a CSR matrix over ``feature_ids_`` (validated)."""
         import scipy.sparse as sp
 
-        from .validation import check_counts
+        from .io.validation import check_counts
 
         self._check_fitted()
         M, sample_ids, feature_ids = self._extract(X, layer)
@@ -304,9 +279,9 @@ class MultinomialVAE:
         -------
         self
         """
-        from .data import CountData
-        from .train import resolve_device, torch_threads
-        from .validation import check_counts, drop_empty
+        from .training.batches import CountData
+        from .training.loop import resolve_device, torch_threads
+        from .io.validation import check_counts, drop_empty
 
         if resume and self.random_state is None:
             raise InputError("resume=True needs a fixed random_state (the checkpoint records "
@@ -351,7 +326,7 @@ class MultinomialVAE:
                    resume: bool = False) -> "MultinomialVAE":
         """Fit to an HDF5 ``.biom`` or ``.h5ad`` table without loading it into memory.
 
-        Rows are read in chunks of about ``max_bytes`` (see :class:`mvae.streaming.StreamingCounts`),
+        Rows are read in chunks of about ``max_bytes`` (see :class:`mvae.io.streaming.StreamingCounts`),
         shuffled chunk by chunk each epoch; one pass over the file finds the all-zero samples and
         features, the depths and the input statistics. Memory is bounded by the chunk size plus
         O(n + D) bookkeeping. Results are the same kind as :meth:`fit`'s but not bitwise equal to
@@ -359,15 +334,15 @@ class MultinomialVAE:
 
         Under ``torch.distributed`` (e.g. ``torchrun ... mvae fit --stream --distributed``) each
         rank reads only its own contiguous block of rows, in the scan, the input statistics and
-        training (see ``sharded`` in :func:`mvae.train.train_module`); the sums are added up
+        training (see ``sharded`` in :func:`mvae.training.loop.train_module`); the sums are added up
         over the ranks, so every rank starts from the same statistics and rank 0's initial
         weights.
         """
-        from .io import sha256_file
-        from .distributed import current
-        from .streaming import StreamingCounts
-        from .train import resolve_device, torch_threads
-        from .validation import DroppedWarning
+        from .io.tables import sha256_file
+        from .training.distributed import current
+        from .io.streaming import StreamingCounts
+        from .training.loop import resolve_device, torch_threads
+        from .io.validation import DroppedWarning
 
         if resume and self.random_state is None:
             raise InputError("resume=True needs a fixed random_state (the checkpoint records "
@@ -452,23 +427,17 @@ class MultinomialVAE:
         """Build the module, initialise it from the training data and run the training loop."""
         import torch
 
-        from .data import SPARSE_DENSITY
-        from .distributed import current
-        from .modules import MultinomialVAEModule, MVAEConfig, resolve_reconstruction
-        from .train import TrainConfig, train_module
+        from .training.distributed import current
+        from .counts import MultinomialVAEModule, MVAEConfig
+        from .training.loop import TrainConfig, train_module
 
         D = len(self.feature_ids_)
-        # "auto" is settled here from the table's density, once, and the module is built with
-        # the estimator it stands for (a streamed table's batches are always sparse tensors)
-        reconstruction = resolve_reconstruction(self.reconstruction, self.objective,
-                                                train_data.density < SPARSE_DENSITY)
         config = MVAEConfig(n_features=D, n_latent=int(self.n_latent), n_hidden=int(self.n_hidden),
                             encoder_depth=int(self.encoder_depth),
                             pseudocount=float(self.pseudocount), objective=self.objective,
                             activation=self.activation, dropout=float(self.dropout),
-                            n_mc_samples=int(self.n_mc_samples), posterior=self.posterior,
-                            posterior_rank=int(self.posterior_rank),
-                            reconstruction=reconstruction)
+                            n_mc_samples=int(self.n_mc_samples),
+                            posterior_rank=int(self.posterior_rank))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_)
             module = MultinomialVAEModule(config)
@@ -528,7 +497,7 @@ class MultinomialVAE:
         return h.hexdigest()
 
     def _make_basis(self, feature_ids):
-        from .compositions import HelmertBasis, TreeBasis
+        from .maths.compositions import HelmertBasis, TreeBasis
 
         D = len(feature_ids)
         if self.basis == "helmert":
@@ -581,7 +550,7 @@ class MultinomialVAE:
 
     def _batches(self, M, copies: int = 1):
         """Row chunks of M sized so that ``copies`` dense (rows, D) tensors stay near 64 MB."""
-        from .data import CountData
+        from .training.batches import CountData
 
         rows = int(np.clip(INFERENCE_ENTRIES // (copies * M.shape[1]), 1, 1024))
         return CountData(M, "cpu").chunks(rows)
@@ -589,7 +558,7 @@ class MultinomialVAE:
     def _transform_csr(self, M) -> np.ndarray:
         import torch
 
-        from .train import torch_threads
+        from .training.loop import torch_threads
 
         with torch_threads(self.threads), torch.no_grad():
             parts = [self.module_.latent_mean(b).double().numpy()
@@ -602,9 +571,9 @@ class MultinomialVAE:
         New tables may have their features in another order or be a subset/superset when given as
         AnnData or DataFrame: missing features are zero-filled and unknown ones dropped, with a warning.
         """
-        from .streaming import StreamingCounts
+        from .io import is_streamed
 
-        if isinstance(X, StreamingCounts):
+        if is_streamed(X):
             return self._transform_stream(X)
         M, _ = self._aligned(X, layer)
         return self._transform_csr(M)
@@ -618,7 +587,7 @@ class MultinomialVAE:
         """Embeddings of a StreamingCounts table read chunk by chunk (features must match)."""
         import torch
 
-        from .train import torch_threads
+        from .training.loop import torch_threads
 
         self._check_stream_features(data)
         rows = int(np.clip(INFERENCE_ENTRIES // (4 * data.n_features), 1, 1024))
@@ -633,19 +602,19 @@ class MultinomialVAE:
     def score_samples(self, X, *, layer: str | None = None, n_samples: int = 16) -> np.ndarray:
         """Per-sample negative ELBO in nats (higher = more anomalous), shape (n,).
 
-        Monte Carlo estimate with ``n_samples`` draws and noise fixed by the model's seed, so repeated
-        calls agree, whatever ``reconstruction`` the model was trained with (the scores of all
-        models estimate the same ELBO). Divide by the sample's depth for a per-read score. ``X``
-        may also be a :class:`~mvae.streaming.StreamingCounts` with the model's features (read
-        chunk by chunk).
+        Monte Carlo estimate with ``n_samples`` draws at every feature (each chunk of samples is
+        made dense for it, so sparse and dense tables get the same estimator) and noise fixed by
+        the model's seed, so repeated calls agree. Divide by the sample's depth for a per-read
+        score. ``X`` may also be a :class:`~mvae.io.streaming.StreamingCounts` with the model's
+        features (read chunk by chunk).
         """
         import torch
 
-        from .train import torch_threads
+        from .training.loop import torch_threads
 
-        from .streaming import StreamingCounts
+        from .io import is_streamed
 
-        if isinstance(X, StreamingCounts):
+        if is_streamed(X):
             self._check_stream_features(X)
             rows = int(np.clip(INFERENCE_ENTRIES // (4 * n_samples * X.n_features), 1, 1024))
             batches = X.chunks(rows)
@@ -654,9 +623,8 @@ class MultinomialVAE:
             batches = self._batches(M, copies=4 * n_samples)
         gen = torch.Generator().manual_seed(self.seed_ + 3)
         with torch_threads(self.threads), torch.no_grad():
-            parts = [self.module_.loss(b, generator=gen, n_samples=n_samples,
-                                       reconstruction="mc").negative_elbo()
-                     .double().numpy() for b in batches]
+            parts = [self.module_.loss(_dense_batch(b), generator=gen, n_samples=n_samples)
+                     .negative_elbo().double().numpy() for b in batches]
         return np.concatenate(parts)
 
     def denoise(self, X, *, layer: str | None = None) -> np.ndarray:
@@ -720,7 +688,7 @@ class MultinomialVAE:
 
         clr: Σ = W̃W̃ᵀ + σ²H (D x D); ilr: Σ = WWᵀ + σ²I (D−1 x D−1). Call ``.dense()`` for a matrix.
         """
-        from .covariance import LowRankCovariance
+        from .maths.covariance import LowRankCovariance
 
         self._check_fitted()
         if space == "clr":
@@ -740,7 +708,7 @@ class MultinomialVAE:
     def network(self, top: int = 1000, *, min_abs: float = 0.0):
         """Strongest feature–feature clr correlations as an edge list (DataFrame), computed in chunks
         (numpy BLAS limited to ``threads``)."""
-        from .train import torch_threads
+        from .training.loop import torch_threads
 
         with torch_threads(self.threads):
             return self.covariance("clr").top_correlations(top, min_abs=min_abs)
@@ -750,8 +718,8 @@ class MultinomialVAE:
         """Write ``model.safetensors`` and ``config.json`` into directory ``path`` (no pickle)."""
         import torch
 
-        from .checkpoint import write_model_files
-        from .outputs import package_versions
+        from .training.checkpoint import write_model_files
+        from .io.outputs import package_versions
 
         self._check_fitted()
         tensors = {f"module.{k}": v.detach().cpu().contiguous()
@@ -784,18 +752,17 @@ class MultinomialVAE:
         """Load a model written by :meth:`save` (safetensors + JSON; never unpickles)."""
         import pandas as pd
 
-        from .checkpoint import read_model_files
-        from .compositions import basis_from_config
-        from .modules import MultinomialVAEModule, MVAEConfig
+        from .training.checkpoint import read_model_files
+        from .maths.compositions import basis_from_config
+        from .counts import MultinomialVAEModule, MVAEConfig
 
         path = Path(path)
         cfg_path = path / "config.json"
         config, tensors = read_model_files(
             path, formats=(_FORMAT,), schema_version=SCHEMA_VERSION,
             wrong_format=lambda fmt: "not an mvae MultinomialVAE config")
+        _refuse_retired_settings(config, cfg_path)
         try:
-            for part in ("params", "module_config"):  # files from before the key: trained by mc
-                config[part].setdefault("reconstruction", "mc")
             model = cls(**config["params"])
             mconf = MVAEConfig(**config["module_config"])
             module = MultinomialVAEModule(mconf)
@@ -826,6 +793,39 @@ class MultinomialVAE:
                                  f"tensors have {mconf.n_features} features")
         model._set_ordered_form()
         return model
+
+
+#: Settings that earlier versions accepted and this one has retired: name -> (the value that is
+#: still what the model does, or None when every recorded value is retired; the last version
+#: that reads a file recording another value).
+RETIRED_SETTINGS = {"posterior": ("factored", "0.1.0"), "reconstruction": ("auto", "0.1.0")}
+
+
+def _refuse_retired_settings(config, cfg_path) -> None:
+    """Drop retired settings that name what the model still does; refuse any other value with a
+    ModelFileError naming the setting and the last version that reads it. Edits ``config``."""
+    params, module_config = config.get("params"), config.get("module_config")
+    if not isinstance(params, dict) or not isinstance(module_config, dict):
+        return  # the general checks in load() report a malformed config
+    for name, (kept, last_version) in RETIRED_SETTINGS.items():
+        value = params.pop(name, kept)
+        module_config.pop(name, None)  # the module's record of the same choice (or its resolution)
+        applies = name != "posterior" or params.get("objective", "marginal") == "marginal"
+        if applies and value != kept:
+            raise ModelFileError(
+                f"{cfg_path}: this model was fitted with {name}={value!r}, a setting this version "
+                f"of mvae no longer has (only the default, {name}={kept!r}, remains). mvae "
+                f"{last_version} is the last version that reads it: load it there "
+                f"(pip install 'mvae=={last_version}'), or refit the table with this version.")
+
+
+def _dense_batch(batch):
+    """A CountBatch with dense counts (the Monte Carlo estimator draws at every feature)."""
+    from .training.batches import CountBatch
+
+    if not batch.counts.is_sparse:
+        return batch
+    return CountBatch(batch.counts.to_dense(), batch.log_const)
 
 
 #: Dense entries per inference chunk (rows x features x copies): about 64 MB of float32.
@@ -880,7 +880,7 @@ def _pca_initialise(module, n: int, read_rows, rng) -> None:
     """
     import torch
 
-    from .pca import clr_pca
+    from .maths.pca import clr_pca
 
     D = module.config.n_features
     k = module.config.n_latent

@@ -40,9 +40,9 @@ def _ppca_reference(y, k):
 
 def test_clr_pca_is_the_count_models_clr_pca():
     """The baseline and the count model's PCA start are one function (tested in test_pca.py)."""
-    import mvae.pca
+    import mvae.maths.pca
 
-    assert clr_pca is mvae.pca.clr_pca and PCAResult is mvae.pca.PCAResult
+    assert clr_pca is mvae.maths.pca.clr_pca and PCAResult is mvae.maths.pca.PCAResult
 
 
 def test_sparse_input_equals_dense_input():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mvae import MultinomialVAE
-from mvae.checkpoint import TMP_PREFIX, atomic_write_bytes, load_checkpoint, save_checkpoint
+from mvae.training.checkpoint import TMP_PREFIX, atomic_write_bytes, load_checkpoint, save_checkpoint
 from mvae.errors import InputError, ModelFileError, TrainingError, TrainingInterrupted
 
 # 54 training samples, batch 16 -> 3 steps per epoch; 4 epochs -> 12 steps
@@ -42,7 +42,7 @@ def _interrupt_at(target_epoch, target_step):
 def test_sigterm_then_resume_is_bitwise_equal(reference, tmp_path, monkeypatch, epoch, step):
     X, ref = reference
     ck = tmp_path / "checkpoint.pt"
-    import mvae.train as train
+    import mvae.training.loop as train
 
     original = train.train_module
 
@@ -155,7 +155,7 @@ def test_truncated_checkpoint_is_a_model_file_error(tmp_path):
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     X = _table()
     ck = tmp_path / "ck.pt"
-    from mvae.modules import mvae as mod
+    from mvae.counts import module as mod
 
     original = mod.MultinomialVAEModule.loss
     calls = {"n": 0}
@@ -176,7 +176,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp_path, 
 
 def test_inf_gradient_is_caught(monkeypatch):
     X = _table()
-    from mvae.modules import mvae as mod
+    from mvae.counts import module as mod
 
     original = mod.MultinomialVAEModule.loss
 
@@ -230,7 +230,7 @@ def test_cli_subprocess_sigterm_then_resume(tmp_path):
 def test_sigint_gives_exit_code_130_and_resumes(reference, tmp_path, monkeypatch):
     X, ref = reference
     ck = tmp_path / "ck.pt"
-    import mvae.train as train
+    import mvae.training.loop as train
 
     original = train.train_module
 
@@ -251,7 +251,7 @@ def test_a_fit_sweeps_only_its_own_checkpoints_stale_temporary_files(tmp_path):
     """A killed writer's temporary file of this checkpoint is removed when a fit starts; another
     process's temporary file in the same directory (another fit's checkpoint being written at
     that moment) is left alone."""
-    from mvae.checkpoint import sweep_temporary
+    from mvae.training.checkpoint import sweep_temporary
 
     X = _table()
     ck = tmp_path / "ck.pt"

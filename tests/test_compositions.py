@@ -1,4 +1,4 @@
-"""Tests of mvae.compositions against independent references.
+"""Tests of mvae.maths.compositions against independent references.
 
 References: scikit-bio 0.7.4 (``ilr``, ``ilr_inv``, ``tree_basis``, ``clr``, ``closure``),
 ``scipy.linalg.helmert``, values worked out by hand, and mathematical identities of an
@@ -21,7 +21,7 @@ from skbio.stats.composition import ilr as sk_ilr
 from skbio.stats.composition import ilr_inv as sk_ilr_inv
 from skbio.stats.composition import tree_basis
 
-from mvae.compositions import (
+from mvae.maths.compositions import (
     HelmertBasis,
     TreeBasis,
     basis_from_config,

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import scipy.linalg
 
-from mvae.covariance import LowRankCovariance
+from mvae.maths.covariance import LowRankCovariance
 from mvae.errors import InputError
 
 # (space, n_features, k, noise_variance)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvae.io import write_biom
+from mvae.io.tables import write_biom
 from mvae.evaluation.metrics import embedding_r2
 from mvae.evaluation.simulate import simulate
 
@@ -87,11 +87,11 @@ def test_distributed_without_torchrun_is_a_clear_error(table, tmp_path):
 RESUME_SCRIPT = r'''
 import json, sys
 import torch
-from mvae.data import CountData
-from mvae.distributed import init_from_env
-from mvae.modules import MultinomialVAEModule, MVAEConfig
+from mvae.training.batches import CountData
+from mvae.training.distributed import init_from_env
+from mvae.counts import MultinomialVAEModule, MVAEConfig
 from mvae.evaluation.simulate import simulate
-from mvae.train import TrainConfig, train_module
+from mvae.training.loop import TrainConfig, train_module
 
 out = sys.argv[1]
 info = init_from_env("cpu")
@@ -144,14 +144,14 @@ def test_two_ranks_resume_from_rank_0s_checkpoint(tmp_path):
 
 def test_collectives_keep_their_last_tensor_referenced_without_its_memory():
     """The recent collectives' tensors stay referenced from Python (so that a gloo worker thread
-    releasing it never needs the GIL at exit; see mvae.distributed._RECENT), the gradient buffer's
+    releasing it never needs the GIL at exit; see mvae.training.distributed._RECENT), the gradient buffer's
     memory is freed all the same, and the values are right: a one-rank gloo group in this
     process, each gradient its own mean."""
     import torch
     import torch.distributed as dist
 
-    from mvae import distributed
-    from mvae.distributed import DistInfo
+    from mvae.training import distributed
+    from mvae.training.distributed import DistInfo
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
                             world_size=1)

@@ -6,6 +6,8 @@ Everything runs on tiny images with tiny networks for one or two epochs.
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +19,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from mvae.cli_images import images as images_cli
 from mvae.errors import InputError, ModelFileError
-from mvae.image_likelihoods import (
-    bernoulli_log_prob,
-    bits_per_dim,
-    discretized_logistic_log_prob,
-    gaussian_log_prob,
-    log_prob,
-)
+from mvae.images.cli import images as images_cli
 from mvae.images.data import ImageData, ImageSet, read_images, split_indices
 from mvae.images.grids import comparison_grid, image_grid
 from mvae.images.landscapes import (
@@ -34,8 +29,15 @@ from mvae.images.landscapes import (
     photo_crops,
     procedural_landscapes,
 )
+from mvae.images.likelihoods import (
+    bernoulli_log_prob,
+    bits_per_dim,
+    discretized_logistic_log_prob,
+    gaussian_log_prob,
+    log_prob,
+)
 from mvae.images.model import ConvAutoencoder, ConvVAE, DenoisingAutoencoder, load_model
-from mvae.modules.conv import (
+from mvae.images.modules import (
     ConvAutoencoderModule,
     ConvConfig,
     ConvVAEModule,
@@ -46,6 +48,23 @@ from mvae.modules.conv import (
 DATA = Path(__file__).resolve().parent.parent / "data"
 MNIST = DATA / "mnist_5k.csv.gz"
 TINY = dict(n_filters=4, n_hidden=16, depth=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# the package's boundary
+# ------------------------------------------------------------------------------------------------
+
+
+def test_image_package_imports_nothing_of_the_count_model_at_import_time():
+    # what the image modules load at import: only mvae.errors and the one shared formula
+    # (mvae.maths.likelihoods.kl_normal_standard); the loop and file helpers load inside the methods
+    code = ("import sys\n"
+            "import mvae.images.cli, mvae.images.data, mvae.images.grids, mvae.images.landscapes\n"
+            "import mvae.images.likelihoods, mvae.images.model, mvae.images.modules\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('mvae'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    outside = {m for m in r.stdout.split() if not m.startswith("mvae.images")}
+    assert outside == {"mvae", "mvae.errors", "mvae.maths", "mvae.maths.likelihoods"}
 
 
 # ------------------------------------------------------------------------------------------------

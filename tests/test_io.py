@@ -1,4 +1,4 @@
-"""Tests for mvae.io: read_counts and write_biom.
+"""Tests for mvae.io.tables: read_counts and write_biom.
 
 References are independent of mvae: biom-format's and anndata's own readers and writers.
 """
@@ -18,7 +18,7 @@ import pytest
 import scipy.sparse as sp
 
 from mvae.errors import InputError
-from mvae.io import OrientationWarning, read_counts, sha256_file, write_biom
+from mvae.io.tables import OrientationWarning, read_counts, sha256_file, write_biom
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -206,7 +206,7 @@ def test_write_biom_unwritable(tmp_path):
 
 
 def test_import_is_lazy():
-    code = "import sys, mvae.io; print(sorted(m for m in ('biom', 'anndata', 'h5py', 'torch') " \
+    code = "import sys, mvae.io.tables; print(sorted(m for m in ('biom', 'anndata', 'h5py', 'torch') " \
            "if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -6,7 +6,7 @@ import scipy.special
 import scipy.stats
 import torch
 
-from mvae.likelihoods import (
+from mvae.maths.likelihoods import (
     LowRankPrior,
     factored_gram,
     gaussian_multinomial_log_prob,
@@ -219,7 +219,7 @@ def test_count_data_constants_equal_scipy():
     import scipy.sparse as sp
     from scipy.special import gammaln
 
-    from mvae.data import CountData
+    from mvae.training.batches import CountData
 
     rng = np.random.default_rng(7)
     X = _counts(rng, 9, 30, 40)

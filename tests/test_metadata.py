@@ -1,4 +1,4 @@
-"""Tests for mvae.metadata: the QIIME 2 style sample metadata reader.
+"""Tests for mvae.io.metadata: the QIIME 2 style sample metadata reader.
 
 References are independent of mvae: pandas' own TSV reader on the real metadata files, and values
 written out by hand for the small cases.
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from mvae.errors import InputError
-from mvae.metadata import align_metadata, metadata_column, read_metadata
+from mvae.io.metadata import align_metadata, metadata_column, read_metadata
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -6,7 +6,7 @@ import scipy.linalg
 import scipy.spatial
 import scipy.stats
 
-from mvae.covariance import LowRankCovariance
+from mvae.maths.covariance import LowRankCovariance
 from mvae.errors import InputError
 from mvae.evaluation.metrics import (
     CorrelationAgreement,

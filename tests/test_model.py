@@ -277,7 +277,7 @@ def test_threads_limit_numpy_blas_too():
     import torch
     from threadpoolctl import threadpool_info
 
-    from mvae.train import torch_threads
+    from mvae.training.loop import torch_threads
 
     np.ones((4, 4)) @ np.ones((4, 4))  # make sure numpy's BLAS is loaded
     blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
@@ -294,75 +294,57 @@ def test_threads_limit_numpy_blas_too():
 
 
 @pytest.mark.filterwarnings("ignore:.*(all-zero|fewer than 50 reads)")
-@pytest.mark.parametrize("objective,density,expected", [("marginal", 0.02, "mixed"),
-                                                        ("marginal", 0.5, "mc"),
-                                                        ("sampled", 0.02, "mc")])
-def test_auto_reconstruction_follows_the_tables_density(objective, density, expected, tmp_path):
-    """The default estimator is settled at fit time from the table's density (tables below 5%
-    are kept sparse) and recorded in the model file; the parameter stays 'auto'."""
-    import scipy.sparse as sp
-
+@pytest.mark.parametrize("objective", ["marginal", "sampled"])
+@pytest.mark.parametrize("density", [0.02, 0.5])
+def test_fit_sparse_and_dense_tables_and_score_them_alike(objective, density):
+    """Tables below 5% density train on sparse batches (the estimator follows the layout), denser
+    ones on dense batches; either way the anomaly score is the Monte Carlo ELBO, the same for
+    the table given as a dense array or as a sparse matrix."""
     rng = np.random.default_rng(1)
     X = sp.random(80, 200, density=density, format="lil", random_state=rng)
     X[:, 0] = 5.0  # no empty samples
     X = X.tocsr()
     X.data = rng.integers(1, 20, size=X.nnz).astype(float)
     m = MultinomialVAE(n_latent=2, objective=objective, random_state=0, **FAST).fit(X)
-    assert m.reconstruction == "auto"
-    assert m.module_.config.reconstruction == expected
-    m.save(tmp_path / "m")
-    assert MultinomialVAE.load(tmp_path / "m").module_.config.reconstruction == expected
-
-@pytest.mark.parametrize("posterior,reconstruction", [("hybrid", "mc"), ("lowrank", "mc"),
-                                                    ("factored", "mc"), ("factored", "bound"),
-                                                    ("full", "bound")])
-def test_other_posteriors_fit_save_and_load(posterior, reconstruction, tmp_path):
-    X = _table()
-    m = MultinomialVAE(n_latent=3, random_state=0, posterior=posterior, posterior_rank=5,
-                       reconstruction=reconstruction, **FAST).fit(X)
-    head = m.module_.log_var_head
-    # one variance scalar per sample beside the per-feature terms, except for "full"
-    assert head.out_features == (X.shape[1] if posterior == "full" else 1)
-    width = {"hybrid": X.shape[1], "full": X.shape[1], "lowrank": 3, "factored": 5}[posterior]
-    assert m.module_.mean_head.out_features == width
     assert np.all(np.isfinite(m.history_.train_loss))
-    # the anomaly score is the Monte Carlo ELBO whatever the training estimator; under the bound
-    # the training loss is deterministic and no better than that ELBO (Jensen), up to MC noise
-    scores = m.score_samples(X, n_samples=64)
-    assert np.all(np.isfinite(scores))
-    m.save(tmp_path / "m")
-    m2 = MultinomialVAE.load(tmp_path / "m")
-    assert (m2.posterior, m2.reconstruction) == (posterior, reconstruction)
-    np.testing.assert_array_equal(m2.transform(X), m.transform(X))
+    np.testing.assert_allclose(m.score_samples(X), m.score_samples(X.toarray()), rtol=1e-5)
+    assert not hasattr(m, "posterior") and not hasattr(m, "reconstruction")
 
 
-def test_bound_is_below_the_monte_carlo_elbo():
-    """Jensen: the bound's reconstruction term is at most the exact expectation, estimated here
-    with many draws (the difference is far larger than the MC error of 2,000 draws)."""
+def _saved_config(tmp_path, **params):
+    """Fit and save a small model, then write ``params`` into its config.json as 0.1.0 did."""
     X = _table()
-    m = MultinomialVAE(n_latent=3, random_state=0, posterior="factored",
-                       reconstruction="bound", **FAST).fit(X)
-    batch = torch.as_tensor(X[:6], dtype=torch.float32)
-    with torch.no_grad():
-        bound = m.module_.loss(batch).reconstruction.numpy()
-        draws = m.module_.loss(batch, generator=torch.Generator().manual_seed(0),
-                               n_samples=2000, reconstruction="mc").reconstruction.numpy()
-    assert np.all(bound <= draws + 1e-3)
-
-
-def test_bound_needs_the_marginal_objective_and_old_configs_load(tmp_path):
-    with pytest.raises(InputError, match="reconstruction"):
-        MultinomialVAE(objective="sampled", reconstruction="bound").fit(_table())
-    with pytest.raises(InputError, match="posterior_rank"):
-        MultinomialVAE(posterior="factored", posterior_rank=0).fit(_table())
-    # a model file written before posterior_rank / reconstruction existed still loads
-    X = _table()
-    m = MultinomialVAE(n_latent=3, random_state=0, posterior="hybrid", **FAST).fit(X)
+    m = MultinomialVAE(n_latent=3, random_state=0, **FAST).fit(X)
     m.save(tmp_path / "m")
-    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    for key in ("posterior_rank", "reconstruction"):
-        del cfg["params"][key], cfg["module_config"][key]
-    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    path = tmp_path / "m" / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["params"].update(params)
+    cfg["module_config"].update(params)
+    path.write_text(json.dumps(cfg))
+    return X, m
+
+
+@pytest.mark.parametrize("setting", [dict(posterior="full"), dict(posterior="hybrid"),
+                                     dict(posterior="lowrank"), dict(reconstruction="bound"),
+                                     dict(reconstruction="mc")])
+def test_model_files_recording_a_retired_setting_are_refused(setting, tmp_path):
+    _saved_config(tmp_path, **setting)
+    (name, value), = setting.items()
+    with pytest.raises(ModelFileError, match=rf"{name}='{value}'.*mvae 0\.1\.0 is the last"):
+        MultinomialVAE.load(tmp_path / "m")
+
+
+def test_model_files_of_0_1_0_defaults_load(tmp_path):
+    """0.1.0 wrote posterior='factored' and reconstruction='auto' (resolved to 'mc' or 'mixed'
+    in the module's config): that is the model this version fits, and it loads unchanged."""
+    X, m = _saved_config(tmp_path, posterior="factored", reconstruction="auto")
+    cfg_path = tmp_path / "m" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["module_config"]["reconstruction"] = "mc"
+    cfg_path.write_text(json.dumps(cfg))
     old = MultinomialVAE.load(tmp_path / "m")
-    assert old.reconstruction == "mc"
     np.testing.assert_array_equal(old.transform(X), m.transform(X))
+    with pytest.raises(InputError, match="posterior_rank"):
+        MultinomialVAE(posterior_rank=0).fit(_table())
+    with pytest.raises(TypeError, match="posterior"):
+        MultinomialVAE(posterior="full")

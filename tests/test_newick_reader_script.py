@@ -1,6 +1,10 @@
 """benchmarks/newick_reader.py runs and reads the trees it builds (a smoke run, no timings checked)."""
 
+import pytest
+
 from benchmarks.newick_reader import balanced, caterpillar, main
+
+pytestmark = pytest.mark.benchmark
 
 
 def test_trees_are_what_they_claim():

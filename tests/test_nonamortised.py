@@ -2,7 +2,7 @@
 
 Its loss is checked against independent references: scipy's multinomial log-pmf for the
 reconstruction term and a dense numpy KL between Gaussians for the KL term. Training goes through
-the shared loop (mvae.train.train_module); held-out posteriors are optimised under a frozen decoder.
+the shared loop (mvae.training.loop.train_module); held-out posteriors are optimised under a frozen decoder.
 """
 
 import numpy as np
@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 import torch
 
-from mvae.modules import MultinomialVAEModule, MVAEConfig
+from mvae.counts import MultinomialVAEModule, MVAEConfig
 from mvae.evaluation.nonamortised import (
     IndexedCountData,
     IndexedCounts,
@@ -18,7 +18,7 @@ from mvae.evaluation.nonamortised import (
     NonAmortisedModule,
     heldout_negative_elbo,
 )
-from mvae.train import TrainConfig, train_module
+from mvae.training.loop import TrainConfig, train_module
 
 
 def _module(n=6, D=5, k=2, seed=0):

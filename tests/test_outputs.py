@@ -1,4 +1,4 @@
-"""Tests for mvae.outputs (the results directory) and mvae.plots.
+"""Tests for mvae.io.outputs (the results directory) and mvae.io.plots.
 
 Outputs are read back with independent readers: pandas, scikit-bio, json, PIL.
 """
@@ -15,14 +15,14 @@ from PIL import Image
 
 import mvae
 from mvae.errors import InputError
-from mvae.outputs import (
+from mvae.io.outputs import (
     FIT_FILES,
     ResultsDirectory,
     atomic_path,
     write_fit_results,
     write_ordination,
 )
-from mvae.plots import plot_embedding, plot_loss
+from mvae.io.plots import plot_embedding, plot_loss
 
 
 def _siblings(path: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""clr + probabilistic PCA (mvae.pca) against dense eigendecompositions, scipy's SVD and values
+"""clr + probabilistic PCA (mvae.maths.pca) against dense eigendecompositions, scipy's SVD and values
 worked out by hand; and the count model's PCA start, which uses it."""
 
 import subprocess
@@ -10,9 +10,9 @@ import pytest
 import scipy.linalg
 import scipy.sparse as sp
 
-from mvae.covariance import LowRankCovariance
+from mvae.maths.covariance import LowRankCovariance
 from mvae.errors import InputError
-from mvae.pca import PCAResult, centre_log_rows, clr_pca, clr_with_pseudocount, ppca
+from mvae.maths.pca import PCAResult, centre_log_rows, clr_pca, clr_with_pseudocount, ppca
 
 
 def _counts(n, d, seed, rate=5.0):
@@ -181,6 +181,6 @@ def test_model_pca_start_is_the_ppca_of_clr_counts():
 
 
 def test_importing_mvae_pca_does_not_import_torch():
-    code = "import sys, mvae.pca; print('torch' in sys.modules)"
+    code = "import sys, mvae.maths.pca; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -19,7 +19,7 @@ from hypothesis.extra.numpy import arrays
 
 import mvae
 from mvae.errors import InputError
-from mvae.io import write_biom
+from mvae.io.tables import write_biom
 
 PROFILE = settings(derandomize=True, max_examples=25, deadline=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture,

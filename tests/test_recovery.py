@@ -19,7 +19,7 @@ K = 10
 
 
 def _evaluate(sim, loadings, noise_variance):
-    from mvae.covariance import LowRankCovariance
+    from mvae.maths.covariance import LowRankCovariance
 
     est = LowRankCovariance(loadings, noise_variance, space="clr")
     return dict(

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import scipy.special
 
 import mvae.evaluation.simulate as simulate_module
-from mvae.covariance import LowRankCovariance
+from mvae.maths.covariance import LowRankCovariance
 from mvae.errors import InputError
 from mvae.evaluation.simulate import Simulation, simulate
 

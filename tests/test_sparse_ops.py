@@ -1,11 +1,11 @@
-"""Sparse x dense products of mvae.sparse_ops against scipy.sparse and dense torch."""
+"""Sparse x dense products of mvae.maths.sparse_ops against scipy.sparse and dense torch."""
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
-from mvae.sparse_ops import (column_bags, row_bags, row_sums, segment_sums, sparse_dense_mm,
+from mvae.maths.sparse_ops import (column_bags, row_bags, row_sums, segment_sums, sparse_dense_mm,
                               sparse_mm, sparse_t_mm)
 
 

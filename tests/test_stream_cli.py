@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from mvae import streaming
+from mvae.io import streaming
 from mvae.cli import main
-from mvae.distributed import DistInfo
-from mvae.io import write_biom
+from mvae.training.distributed import DistInfo
+from mvae.io.tables import write_biom
 from mvae.evaluation.simulate import simulate
-from mvae.streaming import StreamingCounts
+from mvae.io.streaming import StreamingCounts
 
 FAST = ["-k", "3", "--epochs", "4", "--hidden", "16", "--threads", "1", "-q"]
 

@@ -18,9 +18,9 @@ import scipy.sparse as sp
 import torch
 from scipy.special import gammaln
 
-from mvae.data import CountData
+from mvae.training.batches import CountData
 from mvae.errors import InputError
-from mvae.streaming import BYTES_PER_NNZ, StreamingCounts
+from mvae.io.streaming import BYTES_PER_NNZ, StreamingCounts
 
 DATA = Path(__file__).parent.parent / "data"
 N, D = 3000, 500
@@ -60,7 +60,7 @@ def _write_h5ad(path, X):
 @pytest.fixture(autouse=True)
 def one_thread():
     """Small tensors: torch's thread pool only adds contention on shared cores."""
-    from mvae.train import torch_threads
+    from mvae.training.loop import torch_threads
 
     with torch_threads(1):
         yield
@@ -96,7 +96,9 @@ def _log_const(rows: np.ndarray) -> np.ndarray:
 def test_shape_ids_and_chunking(path, X):
     with StreamingCounts(path, max_bytes=BUDGET) as data:
         assert (len(data), data.n_features) == X.shape
-        assert data.sparse and data.device == torch.device("cpu")
+        # batches are sparse for a table below 5% density, as CountData decides; dense here
+        assert data.density == X.nnz / np.prod(X.shape) and data.density > 0.05
+        assert not data.sparse and data.device == torch.device("cpu")
         assert data.sample_ids == SAMPLE_IDS and data.feature_ids == FEATURE_IDS
         assert data.n_chunks >= 10  # the table is larger than the budget
         expected = int(BUDGET // (BYTES_PER_NNZ * X.nnz / N + 64))
@@ -117,7 +119,7 @@ def test_batches_equal_in_memory_batches(path, X):
         for idx in cases:
             got = data.batch(torch.as_tensor(idx))
             want = ref.batch(torch.as_tensor(idx))
-            assert got.counts.is_sparse and got.counts.shape == (len(idx), D)
+            assert got.counts.is_sparse == data.sparse and got.counts.shape == (len(idx), D)
             np.testing.assert_array_equal(_dense(got), _dense(want))
             np.testing.assert_allclose(got.log_const.numpy(), want.log_const.numpy(), rtol=1e-6)
             np.testing.assert_allclose(got.log_const.numpy(), _log_const(X[idx].toarray()),
@@ -297,7 +299,7 @@ def test_bad_arguments(files):
 @pytest.mark.parametrize("name", ["moving_pictures_16s_table.biom",
                                   "pbmc68k_reduced_counts.h5ad"])
 def test_real_tables_equal_read_counts(name):
-    from mvae.io import read_counts
+    from mvae.io.tables import read_counts
 
     adata = read_counts(DATA / name)
     with StreamingCounts(DATA / name, chunk_rows=64) as data:
@@ -307,8 +309,8 @@ def test_real_tables_equal_read_counts(name):
 
 
 def test_train_module_runs_an_epoch_from_a_stream(files, X):
-    from mvae.modules import MultinomialVAEModule, MVAEConfig
-    from mvae.train import TrainConfig, train_module
+    from mvae.counts import MultinomialVAEModule, MVAEConfig
+    from mvae.training.loop import TrainConfig, train_module
 
     with StreamingCounts(files["h5ad"], max_bytes=BUDGET) as whole:
         s = whole.scan()

@@ -10,6 +10,8 @@ def _run(order, method, rate, repeat=0, D=10):
                 density=1.0, cpu_s=1.0, wall_s=1.0, peak_rss_mb=1.0, page_faults_per_step=0.0)
 
 
+pytestmark = pytest.mark.benchmark
+
 def test_each_run_is_compared_with_the_reference_runs_beside_it():
     # round 0: the machine slows down half way; round 1: steady
     runs = [_run(0, "reference", 100), _run(1, "a", 80), _run(2, "reference", 60),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mvae.train import _adam, _clip_gradients
+from mvae.training.loop import _adam, _clip_gradients
 
 
 def _params(seed, scale):
@@ -61,7 +61,7 @@ def test_reuse_freed_memory_changes_no_number_and_is_a_no_op_without_glibc(monke
     glibc's mallopt the block does nothing."""
     import ctypes
 
-    from mvae.train import reuse_freed_memory
+    from mvae.training.loop import reuse_freed_memory
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 5000, generator=g)
@@ -82,7 +82,7 @@ def test_reuse_freed_memory_changes_no_number_and_is_a_no_op_without_glibc(monke
 def test_memory_freed_inside_reuse_freed_memory_goes_back_to_the_system_on_exit():
     """Inside the block a freed 256 MB buffer stays in the heap (mmap is off); after it, the
     process's resident memory is back near where it was (malloc_trim), not 256 MB higher."""
-    from mvae.train import reuse_freed_memory
+    from mvae.training.loop import reuse_freed_memory
 
     page = os.sysconf("SC_PAGE_SIZE")
 

@@ -1,4 +1,4 @@
-"""Tests for mvae.validation: check_counts and drop_empty."""
+"""Tests for mvae.io.validation: check_counts and drop_empty."""
 
 import re
 import warnings
@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from mvae.errors import InputError
-from mvae.validation import DroppedWarning, Filtered, check_counts, drop_empty
+from mvae.io.validation import DroppedWarning, Filtered, check_counts, drop_empty
 
 SAMPLES = ["S0", "S1", "S2", "S3"]
 FEATURES = ["F0", "F1", "F2", "F3", "F4"]

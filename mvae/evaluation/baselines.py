@@ -2,12 +2,12 @@ r"""The methods users reach for without mvae, as baselines for the benchmarks.
 
 All start from a count table ``X`` (samples x features, numpy or scipy sparse) and work on a
 dense ``(n, D)`` copy, so they suit small and moderate D. Each returns the same kind of result
-(:class:`~mvae.pca.PCAResult`: embeddings, clr loadings, noise variance) or a covariance, so that
-:mod:`mvae.evaluation.metrics` scores them all alike (docs/benchmarks.md).
+(:class:`~mvae.maths.pca.PCAResult`: embeddings, clr loadings, noise variance) or a covariance,
+so that :mod:`mvae.evaluation.metrics` scores them all alike (docs/benchmarks.md).
 
 - :func:`clr_pca` -- clr of ``X + c`` (a pseudocount, default 1), then probabilistic PCA (the
-  function of :mod:`mvae.pca`, where the PPCA maths is written out; the count model starts from
-  it too);
+  function of :mod:`mvae.maths.pca`, where the PPCA maths is written out; the count model starts
+  from it too);
 - :func:`multiplicative_replacement`, :func:`mr_pca` -- zeros replaced multiplicatively
   (Martín-Fernández et al. 2003), then clr and PPCA;
 - :func:`sample_clr_covariance` -- the dense sample covariance of clr(``X + c``);
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mvae.errors import InputError
-from mvae.pca import PCAResult, centre_log_rows, clr_pca, clr_with_pseudocount, dense_counts, ppca
+from mvae.maths.pca import (PCAResult, centre_log_rows, clr_pca, clr_with_pseudocount,
+                             dense_counts, ppca)
 
 __all__ = [
     "PCAResult",

@@ -5,7 +5,7 @@ model cannot identify: loadings are compared as subspaces (``W`` is identified o
 rotation ``W R``), covariances as matrices, embeddings up to a linear map.
 
 - :func:`principal_angles`, :func:`subspace_distance` -- loadings ``(D, k)``;
-- :func:`relative_frobenius` -- covariances, dense or :class:`~mvae.covariance.LowRankCovariance`
+- :func:`relative_frobenius` -- covariances, dense or :class:`~mvae.maths.covariance.LowRankCovariance`
   (the low-rank path never forms D x D);
 - :func:`correlation_agreement` -- off-diagonal correlations (Pearson, Spearman, RMSE);
 - :func:`embedding_r2`, :func:`procrustes_disparity` -- embeddings ``(n, k)`` against true ``z``;
@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg
 import scipy.stats
 
-from mvae.covariance import LowRankCovariance
+from mvae.maths.covariance import LowRankCovariance
 from mvae.errors import InputError
 
 __all__ = [
@@ -212,7 +212,7 @@ def relative_frobenius(est, true):
     ----------
     est, true : ndarray of shape (D, D) or LowRankCovariance
         Symmetric matrices of the same size. When either is a
-        :class:`~mvae.covariance.LowRankCovariance` the norm is expanded as
+        :class:`~mvae.maths.covariance.LowRankCovariance` the norm is expanded as
         :math:`\lVert A - B \rVert_F^2 = \operatorname{tr}(AA) - 2\operatorname{tr}(AB) +
         \operatorname{tr}(BB)` and each trace is computed in factored form, so two low-rank
         covariances cost :math:`O(D k^2)` and never form D x D. (The expansion loses accuracy
@@ -224,7 +224,7 @@ def relative_frobenius(est, true):
 
     Examples
     --------
-    >>> from mvae.covariance import LowRankCovariance
+    >>> from mvae.maths.covariance import LowRankCovariance
     >>> true = LowRankCovariance(np.array([[1.0], [-1.0], [0.0]]), 0.5)
     >>> round(relative_frobenius(1.1 * true.dense(), true), 6)    # dense against low rank
     0.1

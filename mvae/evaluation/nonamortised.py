@@ -26,7 +26,7 @@ optimiser forgets (for a fixed decoder the per-sample problem is concave in m_i)
 the error is what the model and the data allow, not what the encoder adds; comparing an MVAE with
 this reference measures how much bias the encoder still causes.
 
-Training uses the one loop of :func:`mvae.train.train_module`. The loop hands ``loss`` whatever
+Training uses the one loop of :func:`mvae.training.loop.train_module`. The loop hands ``loss`` whatever
 ``data.batch(index)`` returns, so :class:`IndexedCountData` returns an :class:`IndexedCounts` that
 carries the sample indices with the counts, and ``loss`` picks those samples' posteriors.
 
@@ -53,8 +53,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..likelihoods import gaussian_multinomial_log_prob, kl_diag_to_lowrank
-from ..modules.mvae import LossTerms, LowRankDecoder
+from ..counts.module import LossTerms, LowRankDecoder
+from ..maths.likelihoods import gaussian_multinomial_log_prob, kl_diag_to_lowrank
 
 __all__ = [
     "IndexedCounts",
@@ -76,7 +76,7 @@ class IndexedCounts:
         Row of each sample in the table (and so in the local posterior parameters).
     log_const : torch.Tensor of shape (B,) or None
         :math:`\\log N! - \\sum_d \\log x_d!` when the data source provides it (as
-        :class:`mvae.data.CountBatch` does), else None (computed from the counts).
+        :class:`mvae.training.batches.CountBatch` does), else None (computed from the counts).
     """
 
     counts: torch.Tensor
@@ -85,9 +85,9 @@ class IndexedCounts:
 
 
 class IndexedCountData:
-    """A :class:`mvae.data.CountData` whose batches carry their sample indices.
+    """A :class:`mvae.training.batches.CountData` whose batches carry their sample indices.
 
-    Has the interface :func:`mvae.train.train_module` expects: ``len()``, ``device``,
+    Has the interface :func:`mvae.training.loop.train_module` expects: ``len()``, ``device``,
     ``batch(index)`` and ``chunks(size)``, the batches being :class:`IndexedCounts`.
 
     Parameters
@@ -95,11 +95,11 @@ class IndexedCountData:
     X : scipy.sparse matrix or numpy.ndarray, shape (n, D)
         Validated counts.
     device, dtype, sparse
-        As for :class:`mvae.data.CountData`.
+        As for :class:`mvae.training.batches.CountData`.
     """
 
     def __init__(self, X, device="cpu", dtype: torch.dtype = torch.float32, sparse=None):
-        from ..data import CountData
+        from ..training.batches import CountData
 
         self.data = CountData(X, device, dtype=dtype, sparse=sparse)
 
@@ -160,7 +160,7 @@ class NonAmortisedModule(LowRankDecoder):
     Notes
     -----
     The decoder parameters have the names and meaning of
-    :class:`mvae.modules.MultinomialVAEModule`'s (``loadings_raw``, ``bias_raw``, ``log_sigma``;
+    :class:`mvae.counts.MultinomialVAEModule`'s (``loadings_raw``, ``bias_raw``, ``log_sigma``;
     ``loadings`` and ``bias`` are their centred versions), so a fitted MVAE's decoder can be copied
     in with :meth:`copy_decoder`.
     """
@@ -180,7 +180,7 @@ class NonAmortisedModule(LowRankDecoder):
     @torch.no_grad()
     def copy_decoder(self, source: nn.Module) -> None:
         """Take W̃, b̃ and σ from a module with ``loadings``, ``bias`` and ``noise_variance``
-        (a fitted :class:`~mvae.modules.MultinomialVAEModule`, or another of these)."""
+        (a fitted :class:`~mvae.counts.MultinomialVAEModule`, or another of these)."""
         self.loadings_raw.copy_(source.loadings.detach().to(self.loadings_raw))
         self.bias_raw.copy_(source.bias.detach().to(self.bias_raw))
         self.log_sigma.fill_(0.5 * math.log(float(source.noise_variance)))
@@ -225,8 +225,8 @@ class NonAmortisedModule(LowRankDecoder):
     @torch.no_grad()
     def initialise_decoder(self, counts, n_latent_init=None, pseudocount: float = 0.5) -> None:
         """Decoder start as the MVAE's: bias at the pooled log composition, W̃ and σ at PPCA of
-        clr(x + c) (:func:`mvae.pca.clr_pca`)."""
-        from ..pca import clr_pca
+        clr(x + c) (:func:`mvae.maths.pca.clr_pca`)."""
+        from ..maths.pca import clr_pca
 
         pooled = np.log(np.asarray(counts.sum(axis=0)).ravel() + pseudocount)
         self.bias_raw.copy_(torch.as_tensor(pooled - pooled.mean(), dtype=self.bias_raw.dtype))
@@ -274,7 +274,7 @@ def heldout_negative_elbo(decoder: nn.Module, counts, *, max_steps: int = 1500,
     """Per-sample negative ELBO of new samples under a fixed decoder, posteriors optimised.
 
     Each sample gets a fresh q(ℓ_i) = N(m_i, diag v_i), started at clr(x_i + c); the posteriors
-    alone are fitted (full batch, decoder frozen) with :func:`mvae.train.train_module`, stopping
+    alone are fitted (full batch, decoder frozen) with :func:`mvae.training.loop.train_module`, stopping
     when the loss has not improved for ``patience`` steps. The returned value uses ``n_samples``
     Monte Carlo draws with seeded noise.
 
@@ -299,7 +299,7 @@ def heldout_negative_elbo(decoder: nn.Module, counts, *, max_steps: int = 1500,
     ndarray of shape (n,)
         −ELBO per sample (nats); with ``return_module``, a tuple (values, module).
     """
-    from ..train import TrainConfig, train_module
+    from ..training.loop import TrainConfig, train_module
 
     n, D = counts.shape
     k = int(decoder.loadings.shape[1])

@@ -7,8 +7,14 @@ landscape set that works offline.
 >>> vae.bits_per_dim(digits)                              # doctest: +SKIP
 
 The models (``mvae.images.model``) keep the conventions of :class:`mvae.MultinomialVAE`:
-``__init__`` stores, ``fit`` checks and trains with :func:`mvae.train.train_module`, learned state
+``__init__`` stores, ``fit`` checks and trains with :func:`mvae.training.loop.train_module`, learned state
 ends in ``_``, ``save``/``load`` write safetensors and JSON. torch is imported on first use.
+
+Everything image-specific lives in this package: the torch modules (``modules``), the per-pixel
+likelihoods (``likelihoods``), the models (``model``), readers (``data``), PNG grids (``grids``),
+the offline landscape set (``landscapes``) and the ``mvae images`` command group (``cli``). From
+the count side it uses only the training loop, the model-file and output helpers, the plots, the
+errors and :func:`mvae.maths.likelihoods.kl_normal_standard`; ``mvae fit`` never imports it.
 """
 
 from importlib import import_module

@@ -13,7 +13,7 @@ An :class:`ImageSet` holds ``n`` images of one shape as a channels-last array ``
   label, no header). The label column is found by name (``label``) in a header, or is the last
   column when a row holds one value more than a square number of pixels.
 
-:class:`ImageData` serves an image set to :func:`mvae.train.train_module` as float tensors
+:class:`ImageData` serves an image set to :func:`mvae.training.loop.train_module` as float tensors
 ``(B, C, H, W)`` in [0, 1]; 8-bit images stay ``uint8`` on the device until a batch is taken.
 """
 

@@ -1,9 +1,9 @@
 """User-facing image models: ConvVAE, ConvAutoencoder and DenoisingAutoencoder.
 
 Same conventions as :class:`mvae.MultinomialVAE`: ``__init__`` only stores its arguments, ``fit``
-checks them and trains with the shared loop (:func:`mvae.train.train_module`), learned state ends
+checks them and trains with the shared loop (:func:`mvae.training.loop.train_module`), learned state ends
 in ``_``, and ``save``/``load`` write ``model.safetensors`` + ``config.json`` (never a pickle). The
-maths lives in :mod:`mvae.modules.conv`.
+maths lives in :mod:`mvae.images.modules`.
 
 Images go in as an :class:`~mvae.images.data.ImageSet`, a channels-last array ``(n, H, W[, C])``
 (``uint8`` 0–255 or float 0–1) or a path (folder of PNG/JPEG, ``.npy``/``.npz``, CSV of pixel
@@ -97,7 +97,7 @@ class _ImageModel:
 
     # ------------------------------------------------------------------ fit
     def _module_class(self):
-        from ..modules.conv import (
+        from .modules import (
             ConvAutoencoderModule,
             ConvVAEModule,
             DenoisingAutoencoderModule,
@@ -107,7 +107,7 @@ class _ImageModel:
                 "dae": DenoisingAutoencoderModule}[self._kind]
 
     def _module_config(self, shape: tuple[int, int, int], likelihood: str):
-        from ..modules.conv import ConvConfig
+        from .modules import ConvConfig
 
         H, W, C = shape
         p = self.get_params()
@@ -127,7 +127,7 @@ class _ImageModel:
         """
         import torch
 
-        from ..train import TrainConfig, resolve_device, torch_threads, train_module
+        from ..training.loop import TrainConfig, resolve_device, torch_threads, train_module
         from .data import ImageData
 
         self._check_params()
@@ -203,7 +203,7 @@ class _ImageModel:
         """Apply ``func`` to batches (B, C, H, W) of X under no_grad and the model's threads."""
         import torch
 
-        from ..train import torch_threads
+        from ..training.loop import torch_threads
 
         images = self._prepare(X)
         with torch_threads(self.threads), torch.no_grad():
@@ -243,7 +243,7 @@ class _ImageModel:
 
     def bits_per_dim(self, X, **kw) -> float:
         """Mean of :meth:`score_samples` over X in bits per dimension: nats / (C·H·W·log 2)."""
-        from ..image_likelihoods import bits_per_dim
+        from .likelihoods import bits_per_dim
 
         scores = self.score_samples(X, **kw)
         return float(bits_per_dim(scores.mean(), int(np.prod(self.image_shape_))))
@@ -257,8 +257,8 @@ class _ImageModel:
 
     def save(self, path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into directory ``path`` (no pickle)."""
-        from ..checkpoint import write_model_files
-        from ..outputs import package_versions
+        from ..training.checkpoint import write_model_files
+        from ..io.outputs import package_versions
 
         self._check_fitted()
         tensors = {f"module.{k}": v.detach().cpu().contiguous()
@@ -300,7 +300,7 @@ class ConvVAE(_ImageModel):
         Latent dimensions k.
     n_filters, depth, n_hidden, n_blocks
         Filters of the first stage (doubled per stage), number of stride-2 stages, width of the
-        dense layers, extra 3x3 convolutions per stage (see :class:`mvae.modules.conv.ConvConfig`).
+        dense layers, extra 3x3 convolutions per stage (see :class:`mvae.images.modules.ConvConfig`).
     likelihood : {"auto", "bernoulli", "logistic", "gaussian"}
         p(x | z). ``auto``: Bernoulli for binary images or ``binarize``, discretised logistic for
         8-bit images, Gaussian for other float images.
@@ -330,7 +330,7 @@ class ConvVAE(_ImageModel):
 
     Attributes
     ----------
-    module_ : mvae.modules.conv.ConvVAEModule
+    module_ : mvae.images.modules.ConvVAEModule
     likelihood_ : str
     image_shape_ : (H, W, C)
     history_ : pandas.DataFrame
@@ -405,7 +405,7 @@ class ConvVAE(_ImageModel):
         """
         import torch
 
-        from ..train import torch_threads
+        from ..training.loop import torch_threads
 
         self._check_fitted()
         gen = torch.Generator().manual_seed(int(np.random.default_rng(random_state)
@@ -481,7 +481,7 @@ class ConvAutoencoder(_ImageModel):
         """Decode ``n`` codes drawn from N(code_mean_, code_covariance_), (n, H, W, C)."""
         import torch
 
-        from ..train import torch_threads
+        from ..training.loop import torch_threads
 
         self._check_fitted()
         rng = np.random.default_rng(random_state)
@@ -548,8 +548,8 @@ def load_model(path):
     """
     import pandas as pd
 
-    from ..checkpoint import read_model_files
-    from ..modules.conv import ConvConfig
+    from ..training.checkpoint import read_model_files
+    from .modules import ConvConfig
 
     path = Path(path)
     if path.is_file() and path.name in ("config.json", "model.safetensors"):

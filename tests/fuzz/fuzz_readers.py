@@ -32,7 +32,7 @@ def seeds(directory: Path) -> dict[str, bytes]:
     import pandas as pd
     import scipy.sparse as sp
 
-    from mvae.io import write_biom
+    from mvae.io.tables import write_biom
 
     rng = np.random.default_rng(0)
     X = rng.poisson(rng.gamma(0.5, 10.0, size=(12, 9)))

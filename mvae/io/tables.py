@@ -16,9 +16,9 @@ mvae works on samples x features tables of raw counts held in an :class:`anndata
   and an orientation the ids contradict gives a :class:`OrientationWarning`.
 
 Gzipped files (``.biom.gz``, ``.h5ad.gz``, ``.tsv.gz``, ...) are read too. Every table goes
-through :func:`mvae.validation.check_counts`, so a bad value is reported with the file name, the
+through :func:`mvae.io.validation.check_counts`, so a bad value is reported with the file name, the
 sample, the feature and the value. Nothing is dropped here: empty samples and features are the
-model's business (:func:`mvae.validation.drop_empty`). Ids are kept exactly as written (any
+model's business (:func:`mvae.io.validation.drop_empty`). Ids are kept exactly as written (any
 Unicode; numeric-looking ids such as ``0003`` stay strings).
 
 biom-format, anndata and h5py are imported inside the functions that need them, so importing
@@ -156,7 +156,7 @@ def read_counts(
 
 
 def _read_kind(p: Path, shown: str, kind: str, layer, orientation):
-    from mvae.validation import check_counts
+    from mvae.io.validation import check_counts
 
     if kind == "text":
         X, sample_ids, feature_ids, var = _read_text_table(p, shown, orientation)
@@ -197,7 +197,7 @@ def write_biom(
     path : str or os.PathLike
         Output file; overwritten if it exists. Conventionally ends in ``.biom``.
     X : array-like or scipy sparse matrix, shape (n_samples, n_features)
-        Raw counts (checked with :func:`mvae.validation.check_counts`). Stored as features x
+        Raw counts (checked with :func:`mvae.io.validation.check_counts`). Stored as features x
         samples, as BIOM requires.
     sample_ids, feature_ids : sequence of str
         Unique ids of the rows and columns of ``X``.
@@ -208,7 +208,7 @@ def write_biom(
         If ``X`` is not a table of raw counts, ids do not match it or repeat, or the file cannot
         be written.
     """
-    from mvae.validation import check_counts
+    from mvae.io.validation import check_counts
 
     shown = str(path)
     sample_ids = [str(s) for s in sample_ids]
@@ -354,7 +354,7 @@ def _read_biom(p: Path, shown: str):
 
 def _explain_table_exception(p: Path, form: str, exc: Exception) -> str:
     """biom says 'Duplicate sample IDs!' without naming them; name them."""
-    from mvae.validation import _check_ids
+    from mvae.io.validation import _check_ids
 
     try:
         sample_ids, feature_ids = _biom_ids(p, form)

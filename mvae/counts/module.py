@@ -1,6 +1,6 @@
 """The multinomial VAE as a torch module: inference, generative model and per-sample loss terms.
 
-Generative model (DESIGN.md §1), written in clr coordinates:
+Generative model (docs/model.md), written in clr coordinates:
 
 .. math::
 
@@ -37,25 +37,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..likelihoods import (
+from ..maths.factored import factored_multinomial_log_prob
+from ..maths.likelihoods import (
     LowRankPrior,
     factored_gram,
-    kl_diag_to_lowrank,
-    kl_factored_to_lowrank,
     gaussian_multinomial_log_prob,
+    kl_factored_to_lowrank,
     kl_normal_standard,
-    multinomial_log_prob_bound,
 )
-from ..factored import factored_multinomial_log_prob
-from ..sparse_ops import row_sums
+from ..maths.sparse_ops import row_sums
 from .encoder import Encoder, log_ratio_input
 
 __all__ = ["LowRankDecoder", "MVAEConfig", "LossTerms", "Posterior", "FactoredPosterior",
-           "MultinomialVAEModule", "OBJECTIVES", "POSTERIORS", "resolve_reconstruction"]
+           "MultinomialVAEModule", "OBJECTIVES"]
 
 OBJECTIVES = ("marginal", "sampled")
-RECONSTRUCTIONS = ("auto", "mc", "bound", "mixed")
-POSTERIORS = ("lowrank", "full", "hybrid", "factored")
 
 
 @dataclass(frozen=True)
@@ -71,9 +67,7 @@ class MVAEConfig:
     activation: str = "gelu"
     dropout: float = 0.0
     n_mc_samples: int = 1
-    posterior: str = "factored"
     posterior_rank: int = 32
-    reconstruction: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -83,7 +77,7 @@ class LossTerms:
     Attributes
     ----------
     reconstruction : torch.Tensor
-        Monte Carlo estimate of :math:`E_q[\\log p(x \\mid \\cdot)]` (nats).
+        Estimate of :math:`E_q[\\log p(x \\mid \\cdot)]` (nats).
     kl : torch.Tensor
         KL divergence of the approximate posterior from the prior (nats).
     """
@@ -98,7 +92,8 @@ class LossTerms:
 
 @dataclass(frozen=True)
 class Posterior:
-    """A diagonal Gaussian returned by the encoder: over ℓ (marginal, D wide) or z (sampled, k)."""
+    """A diagonal Gaussian: the ``sampled`` objective's q(z | x) (k wide), or the ``marginal``
+    objective's q(ℓ | x) materialised (D wide, see :meth:`FactoredPosterior.dense`)."""
 
     mean: torch.Tensor
     log_var: torch.Tensor
@@ -106,7 +101,7 @@ class Posterior:
 
 @dataclass(frozen=True)
 class FactoredPosterior:
-    """q(ℓ | x) = N(m, diag v) of the ``lowrank`` and ``factored`` posteriors, kept in parts:
+    """q(ℓ | x) = N(m, diag v) of the ``marginal`` objective, kept in parts:
 
     .. math::
 
@@ -114,8 +109,8 @@ class FactoredPosterior:
         \\log v = t 1^\\top + f + g \\odot y
 
     with y the (B, D) log-ratio input (dense or sparse), P (B, r) from the encoder, Q (D, r)
-    and s, a, f, g per feature, t (B,) per sample. The KL to the prior is computed from the
-    parts (:func:`mvae.likelihoods.kl_factored_to_lowrank`); :meth:`dense` gives m and log v.
+    and s, a, f, g per feature, t (B,) per sample. Neither m nor v is formed as a (B, D) array
+    in training: the likelihood is fused over blocks of rows and the KL needs only D-wide sums.
     """
 
     bias: torch.Tensor  # b̃, (D,)
@@ -135,9 +130,22 @@ class FactoredPosterior:
         return Posterior(_add_per_feature(mean, self.y, self.skip),
                          _add_per_feature(log_var, self.y, self.skip_log_var))
 
+    def expected_log_likelihood(self, counts: torch.Tensor, n_samples: int,
+                                generator: torch.Generator | None = None,
+                                log_const: torch.Tensor | None = None) -> torch.Tensor:
+        """:math:`E_q[\\log \\operatorname{Mult}(x \\mid \\operatorname{softmax}\\ell)]`, (B,),
+        averaged over ``n_samples`` reparameterised draws. The estimator follows the layout of
+        ``counts``: Monte Carlo for dense counts, draws at the non-zeros and the Jensen bound at
+        the zeros for sparse ones (docs/model.md, "Estimators")."""
+        shape = (n_samples, counts._nnz()) if counts.is_sparse else (n_samples, *counts.shape)
+        eps = _randn(shape, self.left, generator)
+        return factored_multinomial_log_prob(
+            self.left, self.right, self.bias + self.shift, self.skip, self.log_scale,
+            self.feature_log_var, self.skip_log_var, self.y, counts, eps, log_const).mean(0)
+
     def kl(self, prior: LowRankPrior, gram=None) -> torch.Tensor:
         """KL(q ‖ prior) per sample, (B,), from the parts (``prior.bias`` must be ``bias``;
-        ``gram``: :func:`mvae.likelihoods.factored_gram` of the parts, if already formed)."""
+        ``gram``: :func:`mvae.maths.likelihoods.factored_gram` of the parts, if already formed)."""
         return kl_factored_to_lowrank(self.shift, self.left, self.right, self.skip, self.y,
                                       self.log_scale, self.feature_log_var, self.skip_log_var,
                                       prior, gram)
@@ -190,45 +198,30 @@ class MultinomialVAEModule(LowRankDecoder):
         super().__init__()
         if config.objective not in OBJECTIVES:
             raise ValueError(f"objective={config.objective!r}; choose one of {OBJECTIVES}")
+        if config.posterior_rank < 1:
+            raise ValueError(f"posterior_rank={config.posterior_rank}; need an integer >= 1")
         self.config = config
         D, k, H = config.n_features, config.n_latent, config.n_hidden
-        self.encoder = Encoder(D, H, config.encoder_depth, config.activation, config.dropout)
-        if config.reconstruction not in RECONSTRUCTIONS:
-            raise ValueError(f"reconstruction={config.reconstruction!r}; choose one of "
-                             f"{RECONSTRUCTIONS}")
-        if config.reconstruction in ("bound", "mixed") and config.objective != "marginal":
-            raise ValueError(f"reconstruction={config.reconstruction!r} needs "
-                             "objective='marginal'")
-        if config.posterior not in POSTERIORS:
-            raise ValueError(f"posterior={config.posterior!r}; choose one of {POSTERIORS}")
         marginal = config.objective == "marginal"
-        lowrank = marginal and config.posterior == "lowrank"
-        factored = marginal and config.posterior == "factored"
-        # marginal + "full": H -> D heads for the mean and the variance; "hybrid": the H -> D
-        # mean head and, for the variance, one scalar per sample (a depth-like term) beside the
-        # per-feature terms below, which saves a third of the D-wide matrix work; "lowrank": the
-        # mean head gives k coordinates mapped through W̃ and the variance is as in "hybrid", so
-        # the encoder costs O(B D (H + k)) like a plain VAE; "factored": as "lowrank" but through
-        # a (D, r) factor of its own instead of the decoder's W̃; "sampled": heads over z.
-        if factored and not 1 <= config.posterior_rank:
-            raise ValueError(f"posterior_rank={config.posterior_rank}; need an integer >= 1")
-        out_mean = (k if lowrank or config.objective == "sampled"
-                    else config.posterior_rank if factored else D)
-        out_var = 1 if marginal and config.posterior != "full" else out_mean
-        self.mean_head = nn.Linear(H, out_mean)
-        self.log_var_head = nn.Linear(H, out_var)
-        if factored:
-            # Tying the posterior mean to W̃ (as "lowrank" does) lets the encoder's gradient pull
-            # on the decoder: on simulate(1000, 200, 10) at 100 reads it doubled the subspace
-            # error (0.31 against 0.18); a factor of its own removes that (0.18).
-            self.mean_factor = nn.Parameter(torch.randn(D, out_mean) * (0.5 / D**0.5))
+        self.encoder = Encoder(D, H, config.encoder_depth, config.activation, config.dropout)
         if marginal:
+            # q(ℓ | x): mean through a (D, r) factor of the posterior's own, variance one scalar
+            # per sample beside per-feature terms. Tying the factor to the decoder's W̃ lets the
+            # encoder's gradient pull on the decoder and was less accurate on the simulations
+            # (benchmarks/results/posteriors/).
+            r = config.posterior_rank
+            self.mean_head = nn.Linear(H, r)
+            self.log_var_head = nn.Linear(H, 1)
+            self.mean_factor = nn.Parameter(torch.randn(D, r) * (0.5 / D**0.5))
             self.feature_log_var = nn.Parameter(torch.zeros(D))
             # Per-feature skip from the centred log-ratio input to the posterior of ℓ: with deep
             # sequencing the posterior mean of ℓ_d is close to log(x_d + c) and its variance falls
             # with x_d, which a width-H bottleneck cannot carry for D > H features. O(B D) extra.
             self.skip_mean = nn.Parameter(torch.full((D,), 0.5))
             self.skip_log_var = nn.Parameter(torch.full((D,), -0.5))
+        else:  # q(z | x) over the k latent coordinates
+            self.mean_head = nn.Linear(H, k)
+            self.log_var_head = nn.Linear(H, k)
         # Decoder. Columns of loadings and the bias are centred when used (see `loadings`).
         self._init_decoder(D, k)
         with torch.no_grad():
@@ -258,12 +251,9 @@ class MultinomialVAEModule(LowRankDecoder):
         self.encoder.input_layer.scale.fill_(float(input_scale))
 
     # ---- inference -------------------------------------------------------------------------
-    def encode(self, counts) -> Posterior:
-        """Approximate posterior from counts (B, D): over ℓ (marginal) or z (sampled)."""
-        post = self._encode(counts)
-        return post.dense() if isinstance(post, FactoredPosterior) else post
-
-    def _encode(self, counts) -> Posterior | FactoredPosterior:
+    def posterior(self, counts) -> Posterior | FactoredPosterior:
+        """The encoder's approximate posterior for counts (B, D): q(ℓ | x) in parts (marginal)
+        or q(z | x) (sampled)."""
         counts, _ = _unpack(counts)
         y = log_ratio_input(counts, self.config.pseudocount)  # (B, D), zeros stay zero
         h = self.encoder(y)  # (B, H)
@@ -271,16 +261,18 @@ class MultinomialVAEModule(LowRankDecoder):
             return Posterior(self.mean_head(h), self.log_var_head(h))  # over z, (B, k) each
         return self._logit_posterior(y, h)
 
-    def _logit_posterior(self, y: torch.Tensor, h: torch.Tensor) -> Posterior | FactoredPosterior:
-        """q(ℓ | x): mean b̃ + head(h) + skip ⊙ H(y − m), log-variance head(h) + f + skip' ⊙ y.
+    def encode(self, counts) -> Posterior:
+        """The approximate posterior with dense (B, D) or (B, k) mean and log-variance."""
+        post = self.posterior(counts)
+        return post.dense() if isinstance(post, FactoredPosterior) else post
+
+    def _logit_posterior(self, y: torch.Tensor, h: torch.Tensor) -> FactoredPosterior:
+        """q(ℓ | x): mean b̃ + R head(h) + skip ⊙ H(y − m), log-variance head(h) + f + skip' ⊙ y.
 
         Built without any dense copy of y: with c̃ = Hm and ȳ the row mean of y,
         H(y − m) = y − c̃ − ȳ1ᵀ, so the dense part of the mean is one product
-        [head input, −ȳ] @ [head weight, skip]ᵀ plus a constant row, and the y-terms of both
-        the mean and the log-variance touch only the non-zeros of a sparse y (measured at D =
-        20,000: nine passes over (B, D) buffers become two). The ``lowrank`` and ``factored``
-        posteriors are returned in parts (:class:`FactoredPosterior`), whose KL needs no
-        (B, D) pass at all.
+        [head(h), −ȳ] @ [R, skip]ᵀ plus a constant row, and the y-terms of both the mean and the
+        log-variance touch only the non-zeros of a sparse y.
         """
         D = self.config.n_features
         centre = self.encoder.input_layer.centre
@@ -290,23 +282,12 @@ class MultinomialVAEModule(LowRankDecoder):
             y_bar = row_sums(y, y.values()) / D  # (B,)
         else:
             y_bar = y.sum(-1) / D
-        if self.config.posterior in ("lowrank", "factored"):
-            factor = self.loadings if self.config.posterior == "lowrank" else self.mean_factor
-            return FactoredPosterior(
-                bias=self.bias, shift=shift,
-                left=torch.cat([self.mean_head(h), -y_bar[:, None]], dim=1),  # (B, r + 1)
-                right=torch.cat([factor, skip[:, None]], dim=1),  # (D, r + 1)
-                skip=skip, y=y, log_scale=self.log_var_head(h)[:, 0],
-                feature_log_var=self.feature_log_var, skip_log_var=self.skip_log_var)
-        mean = torch.addmm(self.bias + shift + self.mean_head.bias, h, self.mean_head.weight.T)
-        mean = mean.addr(-y_bar, skip)  # − ȳ skipᵀ
-        if self.config.posterior == "full":
-            log_var = torch.addmm(self.log_var_head.bias + self.feature_log_var, h,
-                                  self.log_var_head.weight.T)  # (B, D)
-        else:
-            log_var = self.log_var_head(h) + self.feature_log_var  # (B, 1) + (D,) -> (B, D)
-        return Posterior(_add_per_feature(mean, y, skip),
-                         _add_per_feature(log_var, y, self.skip_log_var))
+        return FactoredPosterior(
+            bias=self.bias, shift=shift,
+            left=torch.cat([self.mean_head(h), -y_bar[:, None]], dim=1),  # (B, r + 1)
+            right=torch.cat([self.mean_factor, skip[:, None]], dim=1),  # (D, r + 1)
+            skip=skip, y=y, log_scale=self.log_var_head(h)[:, 0],
+            feature_log_var=self.feature_log_var, skip_log_var=self.skip_log_var)
 
     def latent_mean(self, counts) -> torch.Tensor:
         """E[z | x] under the approximate posterior, shape (B, k)."""
@@ -321,81 +302,46 @@ class MultinomialVAEModule(LowRankDecoder):
 
     # ---- loss --------------------------------------------------------------------------------
     def loss(self, counts, generator: torch.Generator | None = None,
-             n_samples: int | None = None, reconstruction: str | None = None) -> LossTerms:
-        """Per-sample ELBO terms for a batch of counts (B, D), reparameterised draws throughout.
+             n_samples: int | None = None) -> LossTerms:
+        """Per-sample ELBO terms for a batch of counts (B, D): encoder → posterior → expected
+        log-likelihood and KL to the prior.
 
-        ``counts`` is a (B, D) tensor or a :class:`mvae.data.CountBatch` (which carries the
-        multinomial constant so it is not recomputed at every step). ``reconstruction``
-        overrides the configured estimator of the expected log-likelihood (``"mc"``: Monte
-        Carlo with ``n_samples`` draws; ``"bound"``: the Jensen bound; ``"mixed"``: draws for the
-        non-zero counts and the bound over the zeros; the last two for the marginal objective;
-        ``"auto"``: see :func:`resolve_reconstruction`).
+        ``counts`` is a (B, D) tensor, dense or sparse COO, or a :class:`mvae.training.batches.CountBatch`
+        (which carries the multinomial constant so it is not recomputed at every step). The
+        expected log-likelihood is averaged over ``n_samples`` reparameterised draws (default
+        ``config.n_mc_samples``); its estimator follows the layout of the counts (see
+        :meth:`FactoredPosterior.expected_log_likelihood`).
         """
         counts, log_const = _unpack(counts)
         S = n_samples or self.config.n_mc_samples
-        estimator = resolve_reconstruction(reconstruction or self.config.reconstruction,
-                                           self.config.objective, counts.is_sparse)
-        bound = estimator == "bound"
-        post = self._encode(counts)
-        # logits ℓ = mean + ε·std; the likelihood and its gradient in one hand-written function
-        if self.config.objective == "marginal":
-            if isinstance(post, FactoredPosterior):
-                # fused and chunked: no (B, D) posterior; "mixed" draws at the non-zeros only
-                sparse_mixed = estimator == "mixed" and counts.is_sparse
-                eps = (None if bound else
-                       _randn((S, counts._nnz()), post.left, generator) if sparse_mixed
-                       else _randn((S, *post.y.shape), post.left, generator))
-                recon = factored_multinomial_log_prob(
-                    post.left, post.right, post.bias + post.shift, post.skip, post.log_scale,
-                    post.feature_log_var, post.skip_log_var, post.y, counts, eps, log_const,
-                    mixed=estimator == "mixed")
-                # the Gram matrix of [Q, W̃, s] holds the prior's W̃ᵀW̃: formed once
-                W, r = self.loadings, post.right.shape[1]
-                gram = factored_gram(post.right, W, post.shift)
-                prior = self.prior(W, gram[1][r:r + W.shape[1], r:r + W.shape[1]])
-                return LossTerms(reconstruction=recon if eps is None else recon.mean(0),
-                                 kl=post.kl(prior, gram))
-            kl = kl_diag_to_lowrank(post.mean, post.log_var, self.prior())
-            if estimator == "mixed":  # ℓ = m + v/2 at the zeros, m + ε √v at the non-zeros
-                observed = _observed(counts)
-                mean = post.mean + torch.where(observed, 0.0, 0.5 * post.log_var.exp())
-                std = torch.where(observed, torch.exp(0.5 * post.log_var), 0.0)
-                eps = _randn((S, *post.mean.shape), post.mean, generator)
-                recon = gaussian_multinomial_log_prob(mean, std, eps, counts, log_const).mean(0)
-                return LossTerms(reconstruction=recon, kl=kl)
-            if bound:
-                recon = multinomial_log_prob_bound(post.mean, post.log_var.exp(), counts,
-                                                   log_const)
-                return LossTerms(reconstruction=recon, kl=kl)
-            eps = _randn((S, *post.mean.shape), post.mean, generator)
-            mean, std = post.mean, torch.exp(0.5 * post.log_var)  # (B, D) each
-        else:
-            eps = _randn((S, *post.mean.shape), post.mean, generator)
-            z = post.mean + eps * torch.exp(0.5 * post.log_var)  # (S, B, k)
-            eps = _randn((S, post.mean.shape[0], self.config.n_features), post.mean, generator)
-            mean, std = z @ self.loadings.T + self.bias, self.log_sigma.exp()  # (S, B, D), scalar
-            kl = kl_normal_standard(post.mean, post.log_var)
-        recon = gaussian_multinomial_log_prob(mean, std, eps, counts, log_const).mean(0)  # (B,)
-        return LossTerms(reconstruction=recon, kl=kl)
+        if self.config.objective == "sampled":
+            return self._sampled_loss(counts, log_const, S, generator)
+        q = self.posterior(counts)
+        prior, gram = self._prior_with_gram(q)
+        return LossTerms(reconstruction=q.expected_log_likelihood(counts, S, generator, log_const),
+                         kl=q.kl(prior, gram))
 
+    def _prior_with_gram(self, q: FactoredPosterior) -> tuple[LowRankPrior, tuple]:
+        """The prior N(b̃, W̃W̃ᵀ + σ²I) and the Gram matrix of [Q, W̃, s] that the KL needs; the
+        prior's W̃ᵀW̃ is a block of it, so it is formed once."""
+        W, r = self.loadings, q.right.shape[1]
+        gram = factored_gram(q.right, W, q.shift)
+        k = W.shape[1]
+        return self.prior(W, gram[1][r:r + k, r:r + k]), gram
+
+    def _sampled_loss(self, counts, log_const, S, generator) -> LossTerms:
+        """catvae's form: z ~ q(z | x), ℓ ~ p(ℓ | z) = N(W̃z + b̃, σ²I), KL to N(0, I)."""
+        post = self.posterior(counts)
+        eps = _randn((S, *post.mean.shape), post.mean, generator)
+        z = post.mean + eps * torch.exp(0.5 * post.log_var)  # (S, B, k)
+        eps = _randn((S, post.mean.shape[0], self.config.n_features), post.mean, generator)
+        mean, std = z @ self.loadings.T + self.bias, self.log_sigma.exp()  # (S, B, D), scalar
+        recon = gaussian_multinomial_log_prob(mean, std, eps, counts, log_const).mean(0)  # (B,)
+        return LossTerms(reconstruction=recon, kl=kl_normal_standard(post.mean, post.log_var))
 
     def forward(self, counts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-sample negative ELBO (nats), shape (B,)."""
         return self.loss(counts, generator=generator).negative_elbo()
-
-
-def resolve_reconstruction(name: str, objective: str, sparse: bool) -> str:
-    """The estimator ``"auto"`` stands for: ``"mixed"`` for a sparse batch under the marginal
-    objective (tables below 5% density are kept sparse; there ``mixed`` draws nnz random numbers
-    instead of B × D and was as accurate as ``"mc"`` on sparse simulations and the sparse real
-    table, benchmarks/results/posteriors/), ``"mc"`` otherwise. Other names are returned as given.
-
-    >>> [resolve_reconstruction("auto", "marginal", sparse) for sparse in (True, False)]
-    ['mixed', 'mc']
-    """
-    if name != "auto":
-        return name
-    return "mixed" if sparse and objective == "marginal" else "mc"
 
 
 def _add_per_feature(out: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -406,16 +352,6 @@ def _add_per_feature(out: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -
         return out.addcmul(y, weight)
     rows, cols = y.indices()
     return out.index_put_((rows, cols), weight[cols] * y.values(), accumulate=True)
-
-
-def _observed(counts: torch.Tensor) -> torch.Tensor:
-    """(B, D) boolean mask of the non-zero counts, for dense or sparse COO counts."""
-    if not counts.is_sparse:
-        return counts > 0
-    rows, cols = counts.coalesce().indices()
-    mask = torch.zeros(counts.shape, dtype=torch.bool, device=counts.device)
-    mask[rows, cols] = True
-    return mask
 
 
 def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -21,7 +21,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 __all__ = ["atomic_write_bytes", "save_checkpoint", "load_checkpoint", "sweep_temporary",
            "write_model_files", "read_model_files", "TMP_PREFIX"]
@@ -78,7 +78,6 @@ def write_model_files(path, tensors: dict, config: dict) -> None:
 
     from safetensors.torch import save
 
-    from .outputs import json_default
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -193,3 +192,18 @@ def load_checkpoint(path) -> dict:
         raise ModelFileError(f"{path}: checkpoint does not hold a state dictionary")
     return state
 
+
+
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars and arrays and paths."""
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")

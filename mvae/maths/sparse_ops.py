@@ -5,11 +5,9 @@ y (B, D) with a dense (D, n) matrix M, and the gradient with respect to M, yᵀg
 sums of weighted rows of a dense matrix: row b of yM sums the rows of M at the non-zeros of y's
 row b, row d of yᵀg sums the rows of g at the non-zeros of y's column d. That is what
 ``torch.nn.functional.embedding_bag`` (mode ``"sum"`` with per-sample weights) computes, one bag
-per output row, writing each output row once. Measured at D = 20,000, 2% density, batch 128, one
-thread: yM 0.40 against 1.42 ms for torch's CSR x dense product, yᵀg 4.5 against 9.1 ms (the
-CSR product zero-fills its (D, n) output, computes into a second buffer and copies it over);
-in a whole training step, ~10% less time at D = 20,000 and 100,000 (paired A/B,
-benchmarks/results/throughput/README.md).
+per output row, writing each output row once, where torch's CSR x dense product zero-fills its
+(D, n) output, computes into a second buffer and copies it over (the measured difference, per
+product and per training step, is in benchmarks/results/throughput/code_choices.md).
 The same call runs on CUDA.
 """
 
@@ -57,7 +55,7 @@ def column_bags(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     if cached is None:
         yc = y if y.is_coalesced() else y.coalesce()
         rows, cols = yc.indices()
-        # int32 keys sort in half the time of int64 (0.36 against 0.65 ms for 51,200 keys)
+        # int32 keys sort faster than int64 ones
         keys = cols.to(torch.int32) if y.shape[1] < 2**31 else cols
         cached = _bags(cols, y.shape[1], rows, yc.values(), torch.argsort(keys, stable=True))
         y._mvae_column_bags = cached
@@ -69,8 +67,8 @@ def row_sums(y: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     coalesced order: (nnz,) -> (B,), (nnz, n) -> (B, n); differentiable in ``values``.
 
     The non-zeros of a row are contiguous, so these are segment sums over the row bags' offsets
-    (``index_add_`` over the row numbers accumulates serially into a few addresses: 3.5x slower
-    on the CPU at 10,000 non-zeros). Rows without non-zeros sum to 0.
+    (``index_add_`` over the row numbers accumulates serially into a few addresses, which is
+    slower on the CPU). Rows without non-zeros sum to 0.
 
     Examples
     --------
@@ -126,9 +124,8 @@ class _SparseDenseProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, M):
         ctx.y = y
-        # dense: (Mᵀyᵀ)ᵀ, a transposed view; for a thin M (n = 45 columns in the KL) the CPU
-        # BLAS is ~1.5x faster in that layout than y @ M (0.27 against 0.40 ms at B = 128,
-        # D = 2,000), and as fast at n = 48
+        # dense: (Mᵀyᵀ)ᵀ, a transposed view; for a thin M (the KL's few dozen columns) the CPU
+        # BLAS is faster in that layout than y @ M, and never slower
         return sparse_mm(y, M) if y.is_sparse else (M.T @ y.T).T
 
     @staticmethod

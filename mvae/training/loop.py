@@ -2,7 +2,7 @@
 
 A module is trainable here if it has ``loss(batch, generator=...) -> LossTerms`` returning per-sample
 ``reconstruction`` and ``kl`` tensors; data comes from any object with ``len()`` and
-``batch(index) -> Tensor`` (see :class:`mvae.data.CountData`). The loop knows nothing of AnnData,
+``batch(index) -> Tensor`` (see :class:`mvae.training.batches.CountData`). The loop knows nothing of AnnData,
 files or the command line.
 
 What it does: shuffled minibatches from a seeded generator, Adam, KL warm-up, gradient clipping that
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import TrainingError
+from ..errors import TrainingError
 
 __all__ = ["TrainConfig", "History", "train_module", "torch_threads", "default_threads",
            "resolve_device", "reuse_freed_memory"]
@@ -147,7 +147,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` → cuda when available, else cpu; otherwise the device named (checked)."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from .errors import InputError
+    from ..errors import InputError
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -297,7 +297,7 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
     """
     from .checkpoint import load_checkpoint, save_checkpoint, sweep_temporary
     from .distributed import current
-    from .errors import InputError, TrainingInterrupted
+    from ..errors import InputError, TrainingInterrupted
 
     dist = current()  # None unless torch.distributed is initialised with more than one rank
     # rank 0 alone writes checkpoints; every rank reads one to resume (a shared filesystem)

@@ -1,7 +1,7 @@
 """``mvae images``: fit, sample, reconstruct and score convolutional image models.
 
-A click group registered on the main command (``main.add_command(images)``) and usable on its
-own. No model logic lives here: the commands parse and check their arguments, then call
+A click group that :mod:`mvae.cli` loads only when ``mvae images`` is invoked (or ``mvae --help``
+lists its commands), also usable on its own. No model logic lives here: the commands parse and check their arguments, then call
 :mod:`mvae.images`. torch, PIL and pandas are imported inside the commands so that ``--help``
 answers at once.
 
@@ -32,7 +32,7 @@ class _ImagesGroup(click.Group):
     """Turn the errors mvae raises on purpose into one line and exit code 2."""
 
     def invoke(self, ctx):
-        from .errors import MVAEError
+        from ..errors import MVAEError
 
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -78,7 +78,7 @@ def _stderr_is_tty() -> bool:
 def _check_device(device: str) -> str:
     import torch
 
-    from .errors import InputError
+    from ..errors import InputError
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -89,7 +89,7 @@ def _check_device(device: str) -> str:
 
 
 def _load(model_dir: Path, threads):
-    from .images.model import load_model
+    from .model import load_model
 
     model = load_model(model_dir)
     if threads is not None:
@@ -168,20 +168,20 @@ def fit(ctx, data, outdir, kind, latent_dim, filters, depth, hidden, blocks, lik
     reconstructions.png (images and their reconstructions in alternating rows) and
     scores.tsv (per-image score of DATA).
     """
-    from .errors import InputError
+    from ..errors import InputError
 
     if kind != "vae" and (context or beta != 1.0):
         raise click.UsageError("--context and --beta are for --model vae only.")
     if kind != "dae" and ctx.get_parameter_source("noise").name != "DEFAULT":
         raise click.UsageError("--noise is for --model dae only.")
-    from .outputs import ResultsDirectory, add_run_info, write_tsv
-    from .plots import plot_loss
+    from ..io.outputs import ResultsDirectory, add_run_info, write_tsv
+    from ..io.plots import plot_loss
 
     started, cpu0 = time.time(), time.process_time()
     with ResultsDirectory(outdir, force=force) as results:
-        from .images.data import read_images
-        from .images.grids import comparison_grid, save_grid
-        from .images.model import ConvVAE, MODEL_KINDS
+        from .data import read_images
+        from .grids import comparison_grid, save_grid
+        from .model import ConvVAE, MODEL_KINDS
 
         pil_mode = {"grey": "L", "rgb": "RGB", None: None}[mode]
         images_in = read_images(data, size=size, mode=pil_mode)
@@ -240,8 +240,8 @@ def _score_frame(model, images_in, n_samples: int = 16):
     import numpy as np
     import pandas as pd
 
-    from .image_likelihoods import bits_per_dim
-    from .images.model import ConvVAE
+    from .likelihoods import bits_per_dim
+    from .model import ConvVAE
 
     if isinstance(model, ConvVAE):
         scores = model.score_samples(images_in, n_samples=n_samples)
@@ -271,8 +271,8 @@ def _score_frame(model, images_in, n_samples: int = 16):
 @_quiet
 def sample(model_dir, n, output, cols, scale, seed, threads, quiet):
     """Draw N new images from a fitted MODEL into a PNG grid."""
-    from .images.grids import save_grid
-    from .outputs import atomic_path
+    from ..io.outputs import atomic_path
+    from .grids import save_grid
 
     with atomic_path(output) as tmp:
         model = _load(model_dir, threads)
@@ -283,7 +283,7 @@ def sample(model_dir, n, output, cols, scale, seed, threads, quiet):
 
 def _read_for(model, data: Path):
     """DATA read at the model's image shape (resized / converted as needed)."""
-    from .images.data import read_images
+    from .data import read_images
 
     H, W, C = model.image_shape_
     return read_images(data, size=(W, H), mode="L" if C == 1 else "RGB")
@@ -310,8 +310,8 @@ def _read_for(model, data: Path):
 def reconstruct(model_dir, data, output, n, corrupt, noise_level, cols, scale, seed, threads,
                 quiet):
     """Images of DATA and their reconstructions by MODEL, in alternating rows of a PNG grid."""
-    from .images.grids import comparison_grid
-    from .outputs import atomic_path
+    from ..io.outputs import atomic_path
+    from .grids import comparison_grid
 
     with atomic_path(output) as tmp:
         model = _load(model_dir, threads)
@@ -330,8 +330,8 @@ def _corrupted(images, noise: str, level: float, seed: int):
     import numpy as np
     import torch
 
-    from .errors import InputError
-    from .modules.conv import corrupt as corrupt_fn
+    from ..errors import InputError
+    from .modules import corrupt as corrupt_fn
 
     if noise != "gaussian" and level > 1:
         raise InputError(f"--noise-level {level}: {noise} needs a fraction between 0 and 1")
@@ -355,7 +355,7 @@ def score(model_dir, data, output, n_samples, threads, quiet):
     Writes image_id, label (when DATA has labels), then negative_elbo (VAE) or
     reconstruction_nll (autoencoders) in nats, and the same in bits per dimension.
     """
-    from .outputs import atomic_path, write_tsv
+    from ..io.outputs import atomic_path, write_tsv
 
     with atomic_path(output) as tmp:
         model = _load(model_dir, threads)

@@ -1,6 +1,6 @@
 r"""Count tables read from disk chunk by chunk, for tables larger than memory.
 
-:class:`~mvae.data.CountData` holds the whole table on the device. :class:`StreamingCounts` has
+:class:`~mvae.training.batches.CountData` holds the whole table on the device. :class:`StreamingCounts` has
 the same interface (``len``, ``device``, ``n_features``, ``sparse``, ``batch``, ``chunks``) but
 keeps only one *chunk* of consecutive samples in memory, read from an HDF5 file on demand:
 
@@ -29,7 +29,7 @@ chunk, an object holds O(n_samples) integers (the file's row pointers and the ro
 O(n_features) feature ids; sample ids are read from the file only when asked for. HDF5 adds its
 own chunk cache (1 MiB per dataset by default).
 
-Each chunk's values are checked as :func:`mvae.validation.check_counts` checks a table
+Each chunk's values are checked as :func:`mvae.io.validation.check_counts` checks a table
 (negative, fractional, NaN, infinite or too large values raise :class:`~mvae.errors.InputError`
 naming the file, sample, feature and value), and each sample's multinomial constant
 :math:`\log n_i! - \sum_d \log x_{id}!` is computed when its chunk is read. :meth:`scan` makes one
@@ -58,8 +58,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .data import CountBatch, CountData
-from .errors import InputError
+from ..training.batches import SPARSE_DENSITY, CountBatch, CountData
+from ..errors import InputError
 
 __all__ = ["StreamingCounts", "TableScan", "DEFAULT_MAX_BYTES", "BYTES_PER_NNZ",
            "finish_input_statistics"]
@@ -111,7 +111,7 @@ class _Source:
     def __init__(self, path, layer: str | None):
         import h5py
 
-        from .io import _check_path
+        from .tables import _check_path
 
         p = Path(path)
         self.shown = str(path)
@@ -276,8 +276,9 @@ class StreamingCounts:
         Shape of the table as served (after ``rows`` and ``features``).
     n_chunks, chunk_rows : int
     sparse : bool
-        Always True: batches are sparse COO tensors, as :class:`~mvae.data.CountData` gives for
-        sparse tables.
+        Whether batches are sparse COO tensors: as :class:`~mvae.training.batches.CountData` decides, from
+        the density of the whole file (below ``SPARSE_DENSITY``); dense tensors otherwise. The
+        model's estimator follows this layout, so a table gets the same one streamed or not.
     density : float
         Fraction of non-zero entries of the whole file (the same for every subset and shard, so
         that every process of a distributed fit makes the same density-based choices).
@@ -294,8 +295,6 @@ class StreamingCounts:
     file stays open until :meth:`close` (or the end of a ``with`` block); objects made by
     :meth:`subset` and :meth:`shard` share it.
     """
-
-    sparse = True
 
     def __init__(self, path, *, rows=None, features=None, chunk_rows: int | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES, layer: str | None = None,
@@ -317,6 +316,7 @@ class StreamingCounts:
         self.n_samples = len(self._rows)
         self.n_features = src.n_cols if self._features is None else len(self._features)
         self.density = float(src.indptr[-1]) / max(1, src.n_rows * src.n_cols)
+        self.sparse = self.density < SPARSE_DENSITY
         if self.n_samples == 0 or self.n_features == 0:
             raise InputError(f"{src.shown}: no samples or no features selected "
                              f"({self.n_samples} x {self.n_features}).")
@@ -341,7 +341,15 @@ class StreamingCounts:
         return self.n_samples
 
     def batch(self, index) -> CountBatch:
-        """Rows ``index`` (positions, LongTensor of shape (B,)): sparse COO counts and constants.
+        """Rows ``index`` (positions, LongTensor of shape (B,)): counts (sparse COO for a sparse
+        table, else dense) and constants."""
+        batch = self._sparse_batch(index)
+        if self.sparse:
+            return batch
+        return CountBatch(batch.counts.to_dense(), batch.log_const)
+
+    def _sparse_batch(self, index) -> CountBatch:
+        """Rows ``index`` as sparse COO counts and constants.
 
         Rows from one chunk are sliced from the cached chunk (read if needed). A batch that spans
         several chunks is assembled piece by piece, the cached chunk first, keeping one chunk in

@@ -15,7 +15,7 @@ through, which is what makes reconstruction error and the ELBO usable as anomaly
 
 Every module has ``loss(x, generator=...) -> LossTerms`` with per-image ``reconstruction`` (log-
 likelihood, nats) and ``kl`` (nats; zero for the autoencoders), so
-:func:`mvae.train.train_module` trains all three. For the VAE,
+:func:`mvae.training.loop.train_module` trains all three. For the VAE,
 
 .. math:: \\mathrm{ELBO}(x) = E_{q(z\\mid x)}[\\log p(x \\mid z)] - \\beta\\,
           \\mathrm{KL}(q(z \\mid x) \\,\\|\\, N(0, I)),
@@ -31,11 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..image_likelihoods import LIKELIHOODS, MIN_LOG_SCALE, log_prob, mean_image, n_parameters
-from ..likelihoods import kl_normal_standard
-from .mvae import LossTerms, Posterior
+from ..maths.likelihoods import kl_normal_standard
+from .likelihoods import LIKELIHOODS, MIN_LOG_SCALE, log_prob, mean_image, n_parameters
 
 __all__ = [
+    "LossTerms",
+    "Posterior",
     "ConvConfig",
     "ConvEncoder",
     "ConvDecoder",
@@ -50,6 +51,42 @@ __all__ = [
 
 NOISES = ("gaussian", "salt_pepper", "masking")
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+# The image modules keep their own two small result types rather than borrowing the count model's:
+# the training loop (mvae.training.loop.train_module) needs only the attributes ``reconstruction`` and
+# ``kl`` and the method ``negative_elbo``, so the two model families stay independent.
+@dataclass(frozen=True)
+class LossTerms:
+    """Per-image terms of the objective, each of shape (B,), in nats.
+
+    Attributes
+    ----------
+    reconstruction : torch.Tensor
+        Monte Carlo estimate of :math:`E_q[\\log p(x \\mid z)]` (the autoencoders:
+        :math:`\\log p(x \\mid f(x))`).
+    kl : torch.Tensor
+        KL divergence of q(z | x) from N(0, I), already multiplied by β; zero for the
+        autoencoders.
+    """
+
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+
+    def negative_elbo(self, kl_weight: float = 1.0) -> torch.Tensor:
+        """:math:`w\\,\\mathrm{kl} - \\text{reconstruction}` per image, shape (B,).
+
+        ``kl_weight`` is the training loop's KL warm-up factor w in [0, 1].
+        """
+        return kl_weight * self.kl - self.reconstruction
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """q(z | x) = N(mean, diag exp(log_var)) of the convolutional VAE, each field (B, k)."""
+
+    mean: torch.Tensor
+    log_var: torch.Tensor
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ class DistInfo:
     def scan(self, stream):
         """:meth:`StreamingCounts.scan` of the whole of ``stream``, each rank reading only its own
         contiguous block of rows; the totals are added up over the ranks."""
-        from .streaming import TableScan
+        from ..io.streaming import TableScan
 
         n = stream.n_samples
         shard = stream.shard(self.rank, self.world, equal=False)
@@ -118,7 +118,7 @@ class DistInfo:
 
     def input_statistics(self, stream, pseudocount: float):
         """:meth:`StreamingCounts.input_statistics` of ``stream``, each rank reading its block."""
-        from .streaming import finish_input_statistics
+        from ..io.streaming import finish_input_statistics
 
         shard = stream.shard(self.rank, self.world, equal=False)
         return finish_input_statistics(self.sum(shard.input_sums(pseudocount)), pseudocount,
@@ -143,7 +143,7 @@ def init_from_env(device: str = "cpu") -> DistInfo | None:
     """
     import torch.distributed as dist
 
-    from .errors import InputError
+    from ..errors import InputError
 
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         raise InputError("--distributed needs to be launched by torchrun (RANK and WORLD_SIZE are "

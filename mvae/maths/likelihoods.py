@@ -9,10 +9,11 @@ the per-sample negative ELBO as an anomaly score.
 - :func:`gaussian_multinomial_log_prob` -- the same at reparameterised logits
   :math:`\\ell = m + \\varepsilon\\odot s`, with a hand-written gradient (the training hot path);
 - :func:`kl_normal_standard` -- KL of a diagonal Gaussian from N(0, I) (the ``sampled`` objective);
-- :class:`LowRankPrior`, :func:`kl_diag_to_lowrank` -- KL of a diagonal Gaussian from
+- :class:`LowRankPrior`, :func:`kl_factored_to_lowrank` -- KL of the ``marginal`` objective's
+  factored posterior (low rank plus per-feature terms of a sparse input) from
   :math:`N(b, W W^\\top + \\sigma^2 I)` in O(D k²) by Woodbury and the matrix determinant lemma
-  (the ``marginal`` objective; see docs/model.md §5); :func:`kl_factored_to_lowrank` -- the same
-  for a posterior kept in factored form (low rank plus per-feature terms of a sparse input).
+  (docs/model.md); :func:`kl_diag_to_lowrank` -- the same for a diagonal Gaussian given as dense
+  (B, D) arrays (the non-amortised reference's per-sample posteriors).
 
 Counts may be a dense ``(B, D)`` tensor or a sparse COO tensor of the same shape. For sparse counts
 only the non-zero entries enter :math:`\\sum_d x_d \\ell_d` and :math:`\\sum_d \\log x_d!`; the
@@ -28,7 +29,6 @@ import torch
 __all__ = [
     "factored_gram",
     "multinomial_log_prob",
-    "multinomial_log_prob_bound",
     "gaussian_multinomial_log_prob",
     "multinomial_log_const",
     "sparse_row_dot",
@@ -129,7 +129,7 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor,
 
     log_const : torch.Tensor, shape (B,), optional
         :math:`\\log N! - \\sum_d \\log x_d!` when already known (it does not depend on the logits;
-        :class:`mvae.data.CountData` computes it once per sample, which saves an lgamma over every
+        :class:`mvae.training.batches.CountData` computes it once per sample, which saves an lgamma over every
         count at every step).
 
     Returns
@@ -158,62 +158,13 @@ def multinomial_log_prob(logits: torch.Tensor, counts: torch.Tensor,
     return dot - depth * log_norm + log_const.to(logits.dtype)
 
 
-def multinomial_log_prob_bound(mean: torch.Tensor, var: torch.Tensor, counts: torch.Tensor,
-                               log_const: torch.Tensor | None = None) -> torch.Tensor:
-    """A deterministic lower bound on :math:`E_q[\\log\\operatorname{Mult}(x \\mid \\operatorname{softmax}\\ell)]`
-    for :math:`\\ell \\sim N(m, \\operatorname{diag} v)`.
-
-    .. math::
-
-        E_q[\\log p(x \\mid \\ell)] = x^\\top m - N\\,E_q\\Big[\\log\\sum_d e^{\\ell_d}\\Big] + \\log\\frac{N!}{\\prod_d x_d!}
-        \\;\\ge\\; x^\\top m - N \\log\\sum_d e^{m_d + v_d/2} + \\log\\frac{N!}{\\prod_d x_d!}
-
-    by Jensen's inequality (log is concave; :math:`E e^{\\ell_d} = e^{m_d + v_d/2}`). The first
-    term is exact; the bound replaces the Monte Carlo draws of the log-normaliser, so it has no
-    sampling noise and needs no (B, D) random numbers. It is tight when the normaliser is a sum
-    of many comparable terms (it concentrates) or the variances of the dominant features are small.
-
-    Parameters
-    ----------
-    mean, var : torch.Tensor, shape (B, D)
-        m and v > 0.
-    counts : torch.Tensor, shape (B, D), dense or sparse COO
-    log_const : torch.Tensor, shape (B,), optional
-        As in :func:`multinomial_log_prob`.
-
-    Returns
-    -------
-    torch.Tensor, shape (B,)
-
-    Examples
-    --------
-    With v = 0 it is the multinomial log-probability at ℓ = m:
-
-    >>> import torch
-    >>> x = torch.tensor([[2.0, 0.0, 1.0]])
-    >>> m = torch.tensor([[0.5, -1.0, 0.2]])
-    >>> bool(torch.allclose(multinomial_log_prob_bound(m, torch.zeros(1, 3), x),
-    ...                     multinomial_log_prob(m, x)))
-    True
-    """
-    if counts.is_sparse:
-        dot = sparse_row_dot(counts, mean)
-    else:
-        dot = (counts.to(mean.dtype) * mean).sum(-1)
-    depth = count_depths(counts).to(mean.dtype)
-    log_norm = torch.logsumexp(torch.add(mean, var, alpha=0.5), dim=-1)  # (B,)
-    if log_const is None:
-        log_const = multinomial_log_const(counts)
-    return dot - depth * log_norm + log_const.to(mean.dtype)
-
-
 def softmax_log_normaliser(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(ℓ) and logsumexp(ℓ) over the last dimension, from torch's fused softmax kernel.
 
-    ``torch.softmax`` makes its one pass per row with a vectorised exponential: at (128, 2,000)
-    float32 it took 150 µs on this project's CPU against 210 µs for ``exp`` alone, and the
-    max / subtract / exp / sum / scale sequence it replaces in the fused likelihoods took ~1.5x
-    as long (``benchmarks/results/throughput/README.md``). The log-normaliser follows from the
+    ``torch.softmax`` makes its one pass per row with a vectorised exponential, faster than
+    ``exp`` alone and than the max / subtract / exp / sum / scale sequence it replaces in the
+    fused likelihoods (figures: ``benchmarks/results/throughput/code_choices.md``). The
+    log-normaliser follows from the
     largest probability, :math:`\\log Z = \\max\\ell - \\log \\max_d p_d`, which is at least
     1/D, so its log is as accurate as the probabilities themselves.
 
@@ -560,7 +511,7 @@ class _DiagLowRankQuadratic(torch.autograd.Function):
 
 class _Gram(torch.autograd.Function):
     """:math:`M^\\top M` with the gradient :math:`M(\\bar G + \\bar G^\\top)` as one product
-    (autograd's matmul backward makes two, one per operand: 1 ms more at D = 20,000)."""
+    (autograd's matmul backward makes two, one per operand)."""
 
     @staticmethod
     def forward(ctx, M):
@@ -582,8 +533,8 @@ class _Leverages(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, W, C_inv):
-        # (W C⁻¹)ᵀ = C⁻¹Wᵀ (C⁻¹ symmetric), (k, D): the CPU BLAS makes the thin product 5x
-        # faster in this layout than W C⁻¹ (0.08 against 0.40 ms at D = 20,000, k = 10)
+        # (W C⁻¹)ᵀ = C⁻¹Wᵀ (C⁻¹ symmetric), (k, D): the CPU BLAS makes the thin product much
+        # faster in this layout than W C⁻¹ (benchmarks/results/throughput/code_choices.md)
         A_t = C_inv @ W.T
         ctx.save_for_backward(W, A_t)
         return (A_t * W.T).sum(0)

@@ -1,7 +1,7 @@
 r"""Low-rank-plus-isotropic covariance of log-ratios, without forming D x D.
 
 A fitted (or simulated) multinomial VAE implies a covariance of the log-ratios of the
-features (DESIGN.md §1)
+features (docs/model.md, "What a fit reports")
 
 .. math::
 
@@ -232,7 +232,7 @@ class LowRankCovariance:
 
         Examples
         --------
-        >>> from mvae.compositions import HelmertBasis
+        >>> from mvae.maths.compositions import HelmertBasis
         >>> cov = LowRankCovariance(np.array([[1.0], [-1.0], [0.0]]), 0.5)
         >>> ilr = cov.to_ilr(HelmertBasis(3))
         >>> bool(np.isclose(cov.logdet(), np.linalg.slogdet(ilr.dense())[1]))
@@ -255,7 +255,7 @@ class LowRankCovariance:
         ----------
         basis : object
             An ILR basis with ``forward(v)`` computing :math:`\Psi^\top v` along the last axis,
-            ``(..., D) -> (..., D - 1)`` (e.g. ``mvae.compositions.HelmertBasis``).
+            ``(..., D) -> (..., D - 1)`` (e.g. ``mvae.maths.compositions.HelmertBasis``).
 
         Returns
         -------
@@ -359,9 +359,9 @@ class LowRankCovariance:
         recomputed in float64 and merged into a running top-n with ``np.argpartition``, so the
         result is exact in float64. Cost: :math:`O(D^2 k)` time -- every pair is looked at;
         there is no way round that for an exact answer -- and
-        :math:`O(\text{chunk\_size} \cdot D)` memory at most (a tile plus the top-n). Measured
-        at D = 100,000, k = 10, n = 1000: ~9 s on one CPU core (the small tiles run
-        single-threaded; threaded BLAS on large tiles was 2-30x slower on shared cores).
+        :math:`O(\text{chunk\_size} \cdot D)` memory at most (a tile plus the top-n). The
+        small tiles run single-threaded: threaded BLAS on large tiles was far slower on shared
+        cores (figures: benchmarks/results/throughput/code_choices.md).
 
         Parameters
         ----------
@@ -399,7 +399,7 @@ class LowRankCovariance:
         min_abs = float(min_abs)
         d = self.n_features
         # Small tiles (~128 KB) stay in cache and below OpenBLAS's threading threshold: on
-        # shared cores, threaded GEMM on big tiles was measured 2-30x slower than this.
+        # shared cores, threaded GEMM on big tiles was far slower than this.
         width = max(256, 2**15 // chunk_size)
 
         a, b = self._correlation_factors()  # (D, k'), (D, k'); rho_ij = a_i . b_j

@@ -48,12 +48,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from mvae.errors import InputError
+from mvae.training.checkpoint import json_default
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
     import pandas as pd
-
-    from mvae.model import MultinomialVAE
 
 __all__ = [
     "ResultsDirectory",
@@ -328,21 +327,6 @@ def add_run_info(directory: str | os.PathLike, run: dict) -> None:
     os.replace(tmp, path)
 
 
-def json_default(o):
-    """``json.dumps(default=...)`` for numpy scalars and arrays and paths."""
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"cannot write {type(o).__name__} to JSON")
-
-
 def _axes(k: int) -> list[str]:
     return [f"axis{i + 1}" for i in range(k)]
 
@@ -367,7 +351,7 @@ def write_fit_results(
         An existing, empty directory (normally ``ResultsDirectory.path``).
     model : MultinomialVAE
         Fitted on ``adata``.
-    adata : anndata.AnnData or mvae.streaming.StreamingCounts
+    adata : anndata.AnnData or mvae.io.streaming.StreamingCounts
         The table the model was fitted on (its ``obsm["X_mvae"]`` holds the embeddings), or, for
         :meth:`~mvae.MultinomialVAE.fit_stream`, the fitted rows and features of the file
         (``StreamingCounts(path, rows=model.stream_rows_, features=model.kept_feature_index_)``),
@@ -390,15 +374,15 @@ def write_fit_results(
     import numpy as np
     import pandas as pd
 
-    from mvae.plots import plot_embedding, plot_loss
+    from mvae.io.plots import plot_embedding, plot_loss
 
     t0 = time.perf_counter()
     d = Path(directory)
     model.save(d)
 
-    from mvae.streaming import StreamingCounts
+    from mvae.io import is_streamed
 
-    if isinstance(adata, StreamingCounts):  # streamed: every row served was fitted
+    if is_streamed(adata):  # streamed: every row served was fitted
         ids = adata.sample_ids
         emb = model.transform(adata)
         scores = np.asarray(model.score_samples(adata, n_samples=n_score_samples), dtype=float)

@@ -83,10 +83,10 @@ class PCAResult:
 
         Returns
         -------
-        mvae.covariance.LowRankCovariance
+        mvae.maths.covariance.LowRankCovariance
             In ``space="clr"``.
         """
-        from mvae.covariance import LowRankCovariance  # pandas: only when asked for
+        from mvae.maths.covariance import LowRankCovariance  # pandas: only when asked for
 
         return LowRankCovariance(self.loadings_clr, self.noise_variance, space="clr")
 

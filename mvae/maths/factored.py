@@ -1,7 +1,6 @@
-"""The multinomial likelihood under a factored posterior, fused and chunked (the training hot path).
+"""The multinomial likelihood under the factored posterior, fused and chunked (the training hot path).
 
-The ``factored`` and ``lowrank`` posteriors of :mod:`mvae.modules.mvae` are
-:math:`q(\\ell \\mid x) = N(m, \\operatorname{diag} v)` with
+The posterior of :mod:`mvae.counts.module` is :math:`q(\\ell \\mid x) = N(m, \\operatorname{diag} v)` with
 
 .. math::
 
@@ -9,21 +8,23 @@ The ``factored`` and ``lowrank`` posteriors of :mod:`mvae.modules.mvae` are
 
 for the (B, D) log-ratio input y, P (B, r) from the encoder, Q (D, r) and β, a, f, g per feature,
 t per sample. The expected log-likelihood :math:`E_q \\log \\operatorname{Mult}(x \\mid
-\\operatorname{softmax}\\ell)` is estimated by Monte Carlo at :math:`\\ell = m + \\varepsilon
-\\odot v^{1/2}`, by the deterministic Jensen bound :math:`x^\\top m - N \\log \\sum_d e^{m_d + v_d/2}`
-(see :func:`mvae.likelihoods.multinomial_log_prob_bound`), or by draws at the non-zero counts
-and the bound over the zeros (``mixed``, docs/model.md §5).
+\\operatorname{softmax}\\ell)` is estimated according to the layout of the counts
+(docs/model.md):
 
-Written with separate torch operations, this is a few dozen passes over (B, D) buffers per step
-(m, v, the logits, their exponentials and as many for the gradients) and at D = 20,000 each
-buffer is 10 MB: the step is limited by memory traffic and by the page faults of fresh
-allocations, not by arithmetic. :func:`factored_multinomial_log_prob` instead works through
-blocks of rows small enough to stay in cache, forms m and v only block by block, and computes
-every gradient by hand from one saved (B, D) buffer, :math:`\\partial/\\partial\\ell` of the
-log-normaliser, besides the draws (for dense counts the noise :math:`\\varepsilon \\odot v^{1/2}`
-is kept in place of ε, which gives the variance's gradient without forming v again). For sparse
-counts the variance is an outer product off the non-zeros, so its gradient is two matrix-vector
-products per block.
+- dense counts: Monte Carlo at :math:`\\ell = m + \\varepsilon \\odot v^{1/2}`, draws at every entry;
+- sparse counts: draws at the non-zero counts only and the Jensen bound over the zeros,
+  :math:`x^\\top\\ell - N\\log(\\sum_{x_d > 0} e^{\\ell_d} + \\sum_{x_d = 0} e^{m_d + v_d/2})`, a lower
+  bound of the expected log-likelihood that needs nnz random numbers instead of B × D.
+
+Written with separate torch operations this is a few dozen passes over (B, D) buffers per step (m,
+v, the logits, their exponentials and as many for the gradients), and at large D each buffer is
+many megabytes: the step is limited by memory traffic, not by arithmetic.
+:func:`factored_multinomial_log_prob` instead works through blocks of rows small enough to stay in
+cache, forms m and v only block by block, and computes every gradient by hand from one saved
+(B, D) buffer, :math:`\\partial/\\partial\\ell` of the log-normaliser, besides the draws (for
+dense counts the noise :math:`\\varepsilon \\odot v^{1/2}` is kept in place of ε, which gives the
+variance's gradient without forming v again). For sparse counts the variance off the non-zeros is
+an outer product, so its gradient is two matrix-vector products per block.
 """
 
 from __future__ import annotations
@@ -36,21 +37,20 @@ from .sparse_ops import segment_sums
 __all__ = ["factored_multinomial_log_prob", "CHUNK_ELEMENTS", "MIN_CHUNK_ROWS"]
 
 #: Entries of one (rows, D) block of the fused likelihood: 2¹⁹ float32 entries = 2 MiB, so the
-#: block's two or three live buffers stay in a 32 MiB shared L3 cache with room to spare.
+#: block's two or three live buffers stay in a typical shared L3 cache with room to spare.
 CHUNK_ELEMENTS = 2**19
-#: But never fewer rows than this per block: at D = 100,000 a 2 MiB block is 5 rows, and the
-#: block's thin products and its ~40 small operations then cost more than the cache saves.
+#: But never fewer rows than this per block: at very large D a 2 MiB block is a handful of rows,
+#: and the block's thin products and its ~40 small operations then cost more than the cache saves
+#: (benchmarks/results/throughput/).
 MIN_CHUNK_ROWS = 16
 
 
 def factored_multinomial_log_prob(left: torch.Tensor, right: torch.Tensor, base: torch.Tensor,
                                   skip: torch.Tensor, log_scale: torch.Tensor,
                                   feature_log_var: torch.Tensor, skip_log_var: torch.Tensor,
-                                  y: torch.Tensor, counts: torch.Tensor,
-                                  eps: torch.Tensor | None = None,
+                                  y: torch.Tensor, counts: torch.Tensor, eps: torch.Tensor,
                                   log_const: torch.Tensor | None = None,
-                                  chunk_rows: int | None = None,
-                                  mixed: bool = False) -> torch.Tensor:
+                                  chunk_rows: int | None = None) -> torch.Tensor:
     """Expected multinomial log-probability of ``counts`` under a factored Gaussian posterior.
 
     Parameters
@@ -71,67 +71,60 @@ def factored_multinomial_log_prob(left: torch.Tensor, right: torch.Tensor, base:
         The log-ratio input, in the layout of ``counts`` and (if sparse, coalesced) with the same
         non-zeros. No gradient flows to it.
     counts : torch.Tensor, shape (B, D), dense or sparse COO (coalesced)
-    eps : torch.Tensor, shape (S, B, D) or (S, nnz), optional
-        Standard normal draws. (S, B, D): the Monte Carlo estimate at :math:`\\ell = m +
-        \\varepsilon\\odot v^{1/2}`, one row per draw. (S, nnz), for sparse counts: draws at the
-        non-zeros only (in their coalesced order) and the Jensen bound over the zeros,
-        :math:`x^\\top\\ell - N\\log(\\sum_{x_d > 0} e^{\\ell_d} + \\sum_{x_d = 0} e^{m_d + v_d/2})`, a
-        lower bound of the expected log-likelihood that is tight when no single zero-count feature
-        carries much of the normaliser. None: the Jensen bound everywhere.
+    eps : torch.Tensor
+        Standard normal draws: shape (S, B, D) for dense counts (Monte Carlo at
+        :math:`\\ell = m + \\varepsilon\\odot v^{1/2}`), shape (S, nnz) for sparse counts (draws at
+        the non-zeros in their coalesced order, the Jensen bound over the zeros).
     log_const : torch.Tensor, shape (B,), optional
         :math:`\\log N! - \\sum_d \\log x_d!` when already known.
     chunk_rows : int, optional
         Rows per block (default: :data:`CHUNK_ELEMENTS` // D, at least
         :data:`MIN_CHUNK_ROWS`).
-    mixed : bool
-        With (S, B, D) draws: use them only where x > 0 and the bound at the zeros (the
-        estimator of (S, nnz) draws, for dense counts).
 
     Returns
     -------
     torch.Tensor
-        Shape (S, B) with ``eps``, else (B,).
+        Shape (S, B): one estimate per draw.
 
     Examples
     --------
-    The same value as the unfused Monte Carlo estimate on the materialised posterior:
+    For dense counts, the same value as the Monte Carlo estimate on the materialised posterior:
 
     >>> import torch
-    >>> from mvae.likelihoods import gaussian_multinomial_log_prob
+    >>> from mvae.maths.likelihoods import gaussian_multinomial_log_prob
     >>> g = torch.Generator().manual_seed(0)
     >>> r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
-    >>> x = torch.tensor([[3.0, 0.0, 1.0, 0.0], [0.0, 2.0, 0.0, 5.0]])
+    >>> x = torch.tensor([[3.0, 0.0, 1.0, 0.0], [0.0, 2.0, 0.0, 5.0]], dtype=torch.float64)
     >>> y = torch.log1p(x)
     >>> P, Q, base, a, t, f, gg, eps = r(2, 2), r(4, 2), r(4), r(4), r(2), r(4), r(4), r(1, 2, 4)
     >>> m = base + P @ Q.T + a * y
     >>> std = torch.exp(0.5 * (t[:, None] + f + gg * y))
-    >>> fused = factored_multinomial_log_prob(P, Q, base, a, t, f, gg, y.to_sparse(),
-    ...                                       x.to_sparse(), eps)
+    >>> fused = factored_multinomial_log_prob(P, Q, base, a, t, f, gg, y, x, eps)
     >>> bool(torch.allclose(fused, gaussian_multinomial_log_prob(m, std, eps, x)))
     True
     """
     if counts.is_sparse:
         counts = counts if counts.is_coalesced() else counts.coalesce()
+        if not y.is_sparse:
+            raise ValueError("y must have the layout of counts")
         y = y if y.is_coalesced() else y.coalesce()
         if y.values().shape != counts.values().shape:
             raise ValueError("y and counts must have the same non-zeros")
-    elif y.is_sparse:
-        raise ValueError("y must have the layout of counts")
+        if eps.dim() != 2 or eps.shape[1] != counts.values().shape[0]:
+            raise ValueError(f"sparse counts need (S, nnz) draws at their {counts._nnz()} "
+                             f"non-zeros; got eps of shape {tuple(eps.shape)}")
+    else:
+        if y.is_sparse:
+            raise ValueError("y must have the layout of counts")
+        if eps.dim() != 3 or eps.shape[1:] != counts.shape:
+            raise ValueError(f"dense counts need (S, B, D) draws; got eps of shape "
+                             f"{tuple(eps.shape)} for counts of shape {tuple(counts.shape)}")
     B, D = counts.shape
     rows_per = (int(chunk_rows) if chunk_rows
                 else max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(1, D)))
-    if eps is None:
-        mode = "bound"
-    elif eps.dim() == 3:
-        mode = "mixed" if mixed else "mc"
-    elif counts.is_sparse and eps.shape[1:] == counts.values().shape:
-        mode = "mixed"
-    else:
-        raise ValueError("eps must be (S, B, D) draws, (S, nnz) draws at the non-zeros of a "
-                         "sparse counts, or None")
     depth = count_depths(counts).to(left.dtype)
     out = _FactoredLikelihood.apply(left, right, base, skip, log_scale, feature_log_var,
-                                    skip_log_var, y, counts, eps, depth, rows_per, mode)
+                                    skip_log_var, y, counts, eps, depth, rows_per)
     if log_const is None:
         log_const = multinomial_log_const(counts)
     return out + log_const.to(out.dtype)
@@ -142,9 +135,9 @@ class _Block:
 
     The non-zeros are addressed by their flat position in the block's (c, D) buffers and summed
     per row as segments (the non-zeros of a coalesced batch are sorted by row): an
-    ``index_select`` / ``index_add_`` on a flat view and ``segment_reduce`` are 3-5x faster on
-    the CPU than indexing with a (rows, cols) pair and ``index_add_`` over the rows, which
-    accumulates serially into a few addresses (measured at D = 20,000, 2%, 26 rows).
+    ``index_select`` / ``index_add_`` on a flat view and ``segment_reduce`` are several times
+    faster on the CPU than indexing with a (rows, cols) pair and ``index_add_`` over the rows,
+    which accumulates serially into a few addresses.
     """
 
     def __init__(self, i0, i1, counts, y, ptr):
@@ -217,33 +210,25 @@ def _scale_block(blk, t, f, g, power):
 
 
 class _FactoredLikelihood(torch.autograd.Function):
+    """Dense counts: Monte Carlo everywhere. Sparse counts: draws at the non-zeros, the bound at
+    the zeros. Returns (S, B); the backward pass needs ``soft`` = −N softmax(ℓ) per draw."""
 
     @staticmethod
-    def forward(ctx, left, right, base, skip, t, f, g, y, counts, eps, depth, rows_per, mode):
-        S = eps.shape[0] if eps is not None else 1
+    def forward(ctx, left, right, base, skip, t, f, g, y, counts, eps, depth, rows_per):
+        S = eps.shape[0]
         B, D = counts.shape
-        power = 0.5 if mode == "mc" else 1.0  # ε ⊙ v^{1/2}, or v / 2 inside the bound
+        sparse = counts.is_sparse
         blocks = _blocks(counts, y, rows_per)
         out = left.new_empty(S, B)
         soft = left.new_empty(S, B, D)  # −N softmax(ℓ) per block, saved for the backward pass
-        # dense Monte Carlo: the noise ε ⊙ v^{1/2} is kept in place of ε, so that the backward
-        # pass gets ∂/∂log v from it without forming v again
-        noise = left.new_empty(S, B, D) if mode == "mc" and not counts.is_sparse else None
+        # dense: the noise ε ⊙ v^{1/2} is kept in place of ε, so that the backward pass gets
+        # ∂/∂log v from it without forming v again
+        noise = None if sparse else left.new_empty(S, B, D)
         for blk in blocks:
             i0, i1 = blk.i0, blk.i1
             m = _mean_block(blk, left, right, base, skip)  # (c, D)
-            sc = _scale_block(blk, t, f, g, power)
-            if mode == "mc":
-                e = eps[:, i0:i1]  # (S, c, D)
-                if blk.sparse:
-                    A, C, R = sc
-                    lg = torch.addcmul(m, e * C, A[:, None])  # (S, c, D)
-                    blk.add_at(lg, blk.at(e) * (blk.by_row(A) * blk.by_col(C) * (R - 1.0)))
-                else:
-                    lg = torch.mul(e, sc, out=noise[:, i0:i1]).add(m)
-                dot = _row_dot(blk, lg)  # x·ℓ, (S, c)
-            elif mode == "mixed" and blk.sparse:  # v/2 at the zeros, ε v^{1/2} at the non-zeros
-                A, C, R = sc
+            if sparse:  # v/2 at the zeros, ε v^{1/2} at the non-zeros
+                A, C, R = _scale_block(blk, t, f, g, 1.0)
                 m_nz = blk.at(m)  # (nnz_c,)
                 m.addcmul_(A[:, None], C[None, :], value=0.5)
                 lg = m[None].expand(S, -1, -1).clone() if S > 1 else m[None]
@@ -251,40 +236,28 @@ class _FactoredLikelihood(torch.autograd.Function):
                 ell_nz = m_nz + eps[:, blk.lo:blk.hi] * std_nz  # (S, nnz_c)
                 blk.put_at(lg, ell_nz)
                 dot = blk.row_sum(ell_nz * blk.x)  # x·ℓ at the non-zeros, (S, c)
-            elif mode == "mixed":  # dense counts: the same with a mask; draws at every entry
-                lg = m + torch.where(blk.x > 0, eps[:, i0:i1] * sc.sqrt(), 0.5 * sc)
-                dot = _row_dot(blk, lg)
             else:
-                dot = _row_dot(blk, m[None])  # x·m: exact
-                if blk.sparse:
-                    A, C, R = sc
-                    m.addcmul_(A[:, None], C[None, :], value=0.5)
-                    blk.add_at(m, 0.5 * blk.by_row(A) * blk.by_col(C) * (R - 1.0))
-                else:
-                    m.add_(sc, alpha=0.5)
-                lg = m[None]  # (1, c, D): m + v/2, in place
+                std = _scale_block(blk, t, f, g, 0.5)  # (c, D)
+                lg = torch.mul(eps[:, i0:i1], std, out=noise[:, i0:i1]).add(m)  # (S, c, D)
+                dot = torch.linalg.vecdot(lg, blk.x)  # x·ℓ, (S, c)
             prob, log_norm = softmax_log_normaliser(lg)
             N = depth[i0:i1]
             out[:, i0:i1] = dot - N * log_norm
             torch.mul(prob, -N[:, None], out=soft[:, i0:i1])
         ctx.save_for_backward(soft, left, right, base, skip, t, f, g,
                               eps if noise is None else noise)
-        ctx.blocks, ctx.mode = blocks, mode
-        return out if eps is not None else out[0]
+        ctx.blocks = blocks
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         soft, left, right, base, skip, t, f, g, eps = ctx.saved_tensors
-        mode = ctx.mode
-        power = 0.5 if mode == "mc" else 1.0
-        go = grad_out if eps is not None else grad_out[None]  # (S, B)
+        go = grad_out  # (S, B)
         go_sum = go.sum(0)  # (B,)
-        # Q's gradient is accumulated transposed, (r, D), for blocks of 16 rows or more: the CPU
-        # BLAS is ~1.2x faster at Pᵀ gm than at gmᵀ P there (0.40 against 0.49 ms at 26 rows of
-        # D = 20,000; 0.20 against 0.26 at 128 rows of D = 2,000), but 1.7x slower for the
-        # 5-row blocks of D = 100,000
-        q_layout = "right_t" if ctx.blocks[0].i1 - ctx.blocks[0].i0 >= 16 else "right"
+        # Q's gradient is accumulated transposed, (r, D), for blocks of MIN_CHUNK_ROWS rows or
+        # more, where the CPU BLAS is faster at Pᵀ gm than at gmᵀ P (and slower for thin blocks)
+        q_layout = "right_t" if ctx.blocks[0].i1 - ctx.blocks[0].i0 >= MIN_CHUNK_ROWS else "right"
         grads = dict(left=torch.empty_like(left),
                      **{q_layout: right.new_zeros(right.shape[::-1] if q_layout == "right_t"
                                                   else right.shape)},
@@ -293,8 +266,7 @@ class _FactoredLikelihood(torch.autograd.Function):
         for blk in ctx.blocks:
             i0, i1 = blk.i0, blk.i1
             gn = soft[:, i0:i1] * go[:, i0:i1, None]  # ∂/∂ℓ of the normaliser, (S, c, D)
-            x_go = go_sum[i0:i1]  # ∂/∂ℓ of x·ℓ is x (times the upstream gradient)
-            if mode == "mc" and not blk.sparse:
+            if not blk.sparse:
                 # ∂/∂ℓ per draw with the x part, then ∂/∂log v = ½ Σ_s ∂ℓ ⊙ ε v^{1/2} from the
                 # saved noise (``eps`` holds ε ⊙ v^{1/2} here)
                 g_ell = gn.addcmul_(blk.x, go[:, i0:i1, None])
@@ -305,32 +277,17 @@ class _FactoredLikelihood(torch.autograd.Function):
                 _mean_grads(blk, gm, left, right, grads)
                 continue
             gm = gn.sum(0) if gn.shape[0] > 1 else gn[0]  # (c, D), fresh
-            # the variance's gradient through v^power: MC Σ_s ∂ℓ ⊙ ε (x part included),
-            # bound ½ ∂/∂(m + v/2) of the normaliser only (x·m does not see v)
-            if mode == "mixed":
-                e = eps[:, blk.lo:blk.hi] if blk.sparse else eps[:, i0:i1]
-                _mixed_scale_grads(blk, gn, gm, go[:, i0:i1], e, t, f, g, grads)
-            elif mode == "mc":  # sparse
-                e = eps[:, i0:i1]
-                gv = (gn * e).sum(0) if gn.shape[0] > 1 else gn[0] * e[0]
-                half = 1.0
-                blk.add_at(gv, (blk.at(e) * go[:, i0:i1].index_select(1, blk.rows)).sum(0)
-                           * blk.x)
-            else:
-                gv, half = gm, 0.5
-            if mode != "mixed":
-                _scale_grads(blk, gv, half * power, t, f, g, power, grads)  # before gm changes
-            if blk.sparse:  # ∂/∂m: add x at the non-zeros (gm is a fresh buffer, or a view of gn)
-                blk.add_at(gm, blk.x * blk.by_row(x_go))
-            else:
-                gm.addcmul_(blk.x, x_go[:, None])
+            _sparse_log_var_grads(blk, gn, gm, go[:, i0:i1], eps[:, blk.lo:blk.hi], t, f, g,
+                                  grads)
+            # ∂/∂m: add x (times the upstream gradient) at the non-zeros
+            blk.add_at(gm, blk.x * blk.by_row(go_sum[i0:i1]))
             _mean_grads(blk, gm, left, right, grads)
         if q_layout == "right_t":
             grads["right"] = grads.pop("right_t").T
         need = ctx.needs_input_grad
         names = ("left", "right", "base", "skip", "t", "f", "g")
         return (*[grads[n] if need[i] else None for i, n in enumerate(names)],
-                None, None, None, None, None, None)
+                None, None, None, None, None)
 
 
 def _mean_grads(blk, gm, left, right, grads):
@@ -356,27 +313,11 @@ def _dense_log_var_grads(blk, q, scale, grads):
     grads["g"] += scale * torch.linalg.vecdot(q.T, blk.y.T)
 
 
-def _row_dot(blk, lg):
-    """Σ_d x_bd lg_sbd for the block's rows, (S, c)."""
-    if blk.sparse:
-        return blk.row_sum(blk.at(lg) * blk.x)
-    return torch.linalg.vecdot(lg, blk.x)
-
-
-def _mixed_scale_grads(blk, gn, gm, go, e, t, f, g, grads):
-    """The t, f, g gradients of the ``mixed`` estimator for the block's rows: v/2 at the zeros
-    (v = A C), ε v^{1/2} at the non-zeros. ``gn`` (S, c, D) is ∂/∂ℓ of the normaliser, ``gm``
-    its sum over draws (before the x part is added), ``go`` (S, c) the upstream gradient and
-    ``e`` (S, nnz_c) the draws."""
+def _sparse_log_var_grads(blk, gn, gm, go, e, t, f, g, grads):
+    """The t, f, g gradients of a sparse block: v/2 at the zeros (v = A C), ε v^{1/2} at the
+    non-zeros. ``gn`` (S, c, D) is ∂/∂ℓ of the normaliser, ``gm`` its sum over draws (before the
+    x part is added), ``go`` (S, c) the upstream gradient and ``e`` (S, nnz_c) the draws."""
     i0, i1 = blk.i0, blk.i1
-    if not blk.sparse:  # e is (S, c, D): draws at every entry, used where x > 0
-        v = _scale_block(blk, t, f, g, 1.0)  # (c, D)
-        g_ell = gn + blk.x * go[:, :, None]  # (S, c, D)
-        q = torch.where(blk.x > 0, 0.5 * v.sqrt() * (g_ell * e).sum(0), 0.5 * v * gm)
-        grads["t"][i0:i1] = q.sum(1)
-        grads["f"] += q.sum(0)
-        grads["g"] += torch.linalg.vecdot(q.T, blk.y.T)
-        return
     A, C, R = _scale_block(blk, t, f, g, 1.0)
     gm_nz = blk.at(gm)
     A_nz, C_nz = blk.by_row(A), blk.by_col(C)
@@ -391,21 +332,3 @@ def _mixed_scale_grads(blk, gn, gm, go, e, t, f, g, grads):
     grads["f"] += 0.5 * C * by_col
     grads["f"].index_add_(0, blk.cols, d_log_v)
     grads["g"].index_add_(0, blk.cols, d_log_v * blk.y)
-
-
-def _scale_grads(blk, gv, scale, t, f, g, power, grads):
-    """Add the gradients of t, f and g from gv = ∂/∂(v^power) for the block's rows:
-    ∂/∂log v = power · gv ⊙ v^power (``scale`` = the factor in front of gv times power)."""
-    i0, i1 = blk.i0, blk.i1
-    if blk.sparse:
-        A, C, R = _scale_block(blk, t, f, g, power)
-        gv_nz = blk.at(gv)
-        A_nz, C_nz = blk.by_row(A), blk.by_col(C)
-        # Σ_d gv_bd A_b C_d (R_bd at the non-zeros), and over b for each d
-        by_row = (gv @ C).add_(blk.row_sum(gv_nz * C_nz * (R - 1.0)))
-        by_col = (gv.T @ A).index_add_(0, blk.cols, gv_nz * A_nz * (R - 1.0))
-        grads["t"][i0:i1] = scale * A * by_row
-        grads["f"] += scale * C * by_col
-        grads["g"].index_add_(0, blk.cols, scale * gv_nz * A_nz * C_nz * R * blk.y)
-    else:
-        _dense_log_var_grads(blk, gv * _scale_block(blk, t, f, g, power), scale, grads)
