@@ -1,1 +1,1 @@
-"""Benchmark scripts (not installed with the package; see mvae.benchmark for the reusable parts)."""
+"""Benchmark scripts (not installed with the package; see mvae.evaluation for the reusable parts)."""

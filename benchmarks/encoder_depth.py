@@ -6,8 +6,8 @@ Usage::
     python benchmarks/encoder_depth.py --smoke -o /tmp/encoder_depth_smoke
 
 The same is reachable as ``mvae benchmark encoder-depth -o DIR [--smoke] [--seeds N] [--jobs J]``.
-The reusable parts (design, tasks, metrics, tables, plots) live in :mod:`mvae.benchmark`; this
-script only parses arguments and calls :func:`main`. Runs are resumable: finished tasks in
+The reusable parts (design, tasks, metrics, tables, plots) live in
+:mod:`mvae.evaluation.encoder_depth`; this script only parses arguments and calls :func:`main`. Runs are resumable: finished tasks in
 ``DIR/runs/`` are skipped when the command is run again.
 """
 
@@ -26,9 +26,9 @@ def main(config=None, out_dir=None, jobs: int = 1, plots: bool = True):
 
     Parameters
     ----------
-    config : mvae.benchmark.EncoderDepthConfig, dict or None
+    config : mvae.evaluation.encoder_depth.EncoderDepthConfig, dict or None
         The design; a dict is passed to ``EncoderDepthConfig(**config)``; None is the full design
-        (:func:`mvae.benchmark.full_config`).
+        (:func:`mvae.evaluation.encoder_depth.full_config`).
     out_dir : path, optional
         Where results go (default benchmarks/results/encoder_depth).
     jobs : int
@@ -40,7 +40,7 @@ def main(config=None, out_dir=None, jobs: int = 1, plots: bool = True):
     pandas.DataFrame
         The tidy results (also written to ``out_dir/results.csv``).
     """
-    from mvae.benchmark import EncoderDepthConfig, full_config, run_encoder_depth
+    from mvae.evaluation.encoder_depth import EncoderDepthConfig, full_config, run_encoder_depth
 
     if config is None:
         config = full_config()
@@ -65,7 +65,7 @@ def _parse(argv):
 
 
 def cli(argv=None) -> int:
-    from mvae.benchmark import build_tasks, full_config, smoke_config
+    from mvae.evaluation.encoder_depth import build_tasks, full_config, smoke_config
 
     args = _parse(sys.argv[1:] if argv is None else argv)
     config = smoke_config() if args.smoke else full_config()

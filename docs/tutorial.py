@@ -290,7 +290,7 @@ def _run(config: Config) -> dict:
     from click.testing import CliRunner
 
     import mvae
-    from mvae.baselines import clr_pca
+    from mvae.evaluation.baselines import clr_pca
     from mvae.cli import main as mvae_cli
     from mvae.maths.compositions import clr_pseudocount
     from mvae.io.metadata import align_metadata, read_metadata

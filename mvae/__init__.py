@@ -16,8 +16,8 @@ __version__ = "0.2.0"
 _LAZY = {
     "MultinomialVAE": "mvae.model",
     "read_counts": "mvae.io.tables",
-    "simulate": "mvae.simulate",
-    "Simulation": "mvae.simulate",
+    "simulate": "mvae.evaluation.simulate",
+    "Simulation": "mvae.evaluation.simulate",
     "HelmertBasis": "mvae.maths.compositions",
     "TreeBasis": "mvae.maths.compositions",
     "LowRankCovariance": "mvae.maths.covariance",

@@ -107,7 +107,7 @@ def _one_line(text: str) -> str:
 # Command groups that live in other modules, imported only when used (see _Group):
 # name -> ("module.path:attribute", short help for `mvae --help`, = the group's first sentence).
 LAZY_COMMANDS = {
-    "benchmark": ("mvae.cli_benchmark:benchmark",
+    "benchmark": ("mvae.evaluation.cli:benchmark",
                   "Simulation benchmarks with known truth (results as CSV, markdown and PNG)."),
     "images": ("mvae.images.cli:images",
                "Convolutional VAE, autoencoder and denoising autoencoder for images."),
@@ -713,7 +713,7 @@ def simulate(outdir, n_samples, n_features, latent_dim, depth, depth_sd, sigma,
 
     from .io.tables import write_biom
     from .io.outputs import ResultsDirectory, package_versions, write_tsv
-    from .simulate import simulate as run_simulation
+    from .evaluation.simulate import simulate as run_simulation
 
     _check_verbosity(quiet, verbose)
     with ResultsDirectory(outdir, force=force) as results:

@@ -340,7 +340,7 @@ class MultinomialVAE:
         over the ranks, so every rank starts from the same statistics and rank 0's initial
         weights.
         """
-        from .training.checkpoint import sha256_file
+        from .io.tables import sha256_file
         from .training.distributed import current
         from .io.streaming import StreamingCounts
         from .training.loop import resolve_device, torch_threads
@@ -981,7 +981,7 @@ def _pca_initialise(module, n: int, read_rows, rng) -> None:
     """
     import torch
 
-    from .baselines import clr_pca
+    from .maths.pca import clr_pca
 
     D = module.config.n_features
     k = module.config.n_latent

@@ -1,19 +1,18 @@
-"""Baselines against dense eigendecompositions, scikit-bio and hand-worked values."""
+"""Baselines against dense eigendecompositions, scikit-bio and hand-worked values (clr_pca itself:
+test_pca.py)."""
 
 import numpy as np
 import pytest
-import scipy.linalg
 import scipy.sparse as sp
 
-from mvae.baselines import (
+from mvae.errors import InputError
+from mvae.evaluation.baselines import (
     PCAResult,
     clr_pca,
     mr_pca,
     multiplicative_replacement,
     sample_clr_covariance,
 )
-from mvae.maths.covariance import LowRankCovariance
-from mvae.errors import InputError
 
 
 def _counts(n, d, seed, rate=5.0):
@@ -39,54 +38,16 @@ def _ppca_reference(y, k):
     return c, eig[:k], sigma2, low, vec[:, :k]
 
 
-@pytest.mark.parametrize("n,d,k", [(80, 15, 3), (12, 40, 4), (30, 6, 5)])
-def test_clr_pca_is_ppca_of_clr_covariance(n, d, k):
-    x = _counts(n, d, seed=n + d)
-    y = _clr(x + 1.0)
-    c, top, sigma2, low, vec = _ppca_reference(y, k)
-    res = clr_pca(x, k)
-    assert isinstance(res, PCAResult)
-    assert res.embeddings.shape == (n, k) and res.loadings_clr.shape == (d, k)
-    np.testing.assert_allclose(res.explained_variance, top, rtol=1e-9)
-    np.testing.assert_allclose(res.noise_variance, sigma2, rtol=1e-9, atol=1e-14)
-    w = res.loadings_clr
-    np.testing.assert_allclose(w @ w.T, low, atol=1e-9)
-    np.testing.assert_allclose(w.sum(axis=0), 0.0, atol=1e-10)
-    np.testing.assert_allclose(res.mean_clr, y.mean(axis=0), atol=1e-12)
-    # embeddings are the PCA scores, up to the sign of each axis
-    scores = (y - y.mean(axis=0)) @ vec
-    np.testing.assert_allclose(np.abs(res.embeddings), np.abs(scores), atol=1e-8)
-    # the covariance object is the PPCA covariance W W^T + sigma^2 H
-    cov = res.covariance
-    assert isinstance(cov, LowRankCovariance) and cov.space == "clr"
-    h = np.eye(d) - np.ones((d, d)) / d
-    np.testing.assert_allclose(cov.dense(), low + sigma2 * h, atol=1e-9)
-    # and it keeps the total clr variance: trace(W W^T + sigma^2 H) = trace(C)
-    np.testing.assert_allclose(np.trace(cov.dense()), np.trace(c), rtol=1e-9)
+def test_clr_pca_is_the_count_models_clr_pca():
+    """The baseline and the count model's PCA start are one function (tested in test_pca.py)."""
+    import mvae.maths.pca
 
-
-def test_clr_pca_recovers_noise_free_low_rank_subspace_exactly():
-    rng = np.random.default_rng(0)
-    n, d, k = 100, 30, 4
-    w, _ = np.linalg.qr(rng.standard_normal((d, k)) - rng.standard_normal((1, k)))
-    w = w - w.mean(axis=0)  # clr loadings (columns sum to zero)
-    z = rng.standard_normal((n, k))
-    logits = z @ w.T + rng.normal(0, 1, size=d)  # exactly rank k after centring
-    x = 1000.0 * np.exp(logits)  # positive "counts": the clr of x is H logits
-    res = clr_pca(x, k, pseudocount=0.0)
-    assert np.max(scipy.linalg.subspace_angles(res.loadings_clr, w)) < 1e-6
-    assert res.noise_variance < 1e-20
-    # the embeddings are an invertible linear map of z
-    beta, *_ = scipy.linalg.lstsq(res.embeddings, z - z.mean(axis=0))
-    np.testing.assert_allclose(res.embeddings @ beta, z - z.mean(axis=0), atol=1e-8)
+    assert clr_pca is mvae.maths.pca.clr_pca and PCAResult is mvae.maths.pca.PCAResult
 
 
 def test_sparse_input_equals_dense_input():
     x = _counts(40, 20, seed=1, rate=0.5)
     assert (x == 0).mean() > 0.2
-    a = clr_pca(x, 3)
-    b = clr_pca(sp.csr_matrix(x), 3)
-    np.testing.assert_allclose(a.loadings_clr, b.loadings_clr, atol=1e-12)
     np.testing.assert_allclose(
         sample_clr_covariance(x), sample_clr_covariance(sp.csc_matrix(x)), atol=1e-12
     )
@@ -136,10 +97,11 @@ def test_mr_pca_is_ppca_of_replaced_clr():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: clr_pca(np.array([[1, -1], [2, 3]]), 1), "negative value -1.0 at sample 0"),
-        (lambda: clr_pca(np.ones((5, 4)), 4), "n_components"),
-        (lambda: clr_pca(np.ones((5, 4)), 1, pseudocount=-1), "pseudocount"),
-        (lambda: clr_pca(np.array([[0, 1], [1, 1]]), 1, pseudocount=0), "sample 0, feature 0"),
+        (lambda: mr_pca(np.array([[1, -1], [2, 3]]), 1), "negative value -1.0 at sample 0"),
+        (lambda: mr_pca(np.ones((5, 4)), 4), "n_components"),
+        (lambda: sample_clr_covariance(np.ones((5, 4)), pseudocount=-1), "pseudocount"),
+        (lambda: sample_clr_covariance(np.array([[0, 1], [1, 1]]), pseudocount=0),
+         "sample 0, feature 0"),
         (lambda: multiplicative_replacement(np.array([[0, 0], [1, 1]])), "sample 0 has no counts"),
         (lambda: multiplicative_replacement(np.array([[0, 0, 1]]), delta=0.5), "delta"),
         (lambda: sample_clr_covariance(np.ones(5)), "2-D"),
@@ -148,24 +110,3 @@ def test_mr_pca_is_ppca_of_replaced_clr():
 def test_errors_name_the_problem(call, match):
     with pytest.raises(InputError, match=match):
         call()
-
-
-def test_wide_table_gram_path_equals_svd():
-    """n < D uses the n x n Gram matrix; it must give the SVD's PPCA (independent: scipy.svd)."""
-    import scipy.linalg
-
-    from mvae.baselines import clr_pca
-
-    rng = np.random.default_rng(11)
-    X = rng.poisson(rng.gamma(2.0, 3.0, size=(25, 60)))
-    got = clr_pca(X, 4)
-    y = np.log(X + 1.0)
-    y = y - y.mean(axis=1, keepdims=True)
-    yc = y - y.mean(axis=0)
-    _, s, vt = scipy.linalg.svd(yc, full_matrices=False)
-    eig = s**2 / (len(X) - 1)
-    np.testing.assert_allclose(got.explained_variance, eig[:4], rtol=1e-9)
-    noise = (eig.sum() - eig[:4].sum()) / (60 - 1 - 4)
-    np.testing.assert_allclose(got.noise_variance, noise, rtol=1e-9)
-    want = vt[:4].T * np.sqrt(eig[:4] - noise)
-    np.testing.assert_allclose(np.abs(got.loadings_clr), np.abs(want), atol=1e-9)

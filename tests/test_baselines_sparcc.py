@@ -1,4 +1,4 @@
-"""SparCC, robust Aitchison PCA, PLN-PCA and the PCA of a log table (mvae.baselines additions).
+"""SparCC, robust Aitchison PCA, PLN-PCA and the PCA of a log table (mvae.evaluation.baselines).
 
 SparCC is checked against values worked out by hand from its equations (Friedman & Alm 2012):
 with no exclusions the basis variances have the closed form
@@ -13,9 +13,9 @@ so SparCC must return the constructed variances and correlation to rounding erro
 import numpy as np
 import pytest
 
-from mvae.baselines import clr_pca, clr_table_pca, rclr_pca, sparcc
+from mvae.evaluation.baselines import clr_pca, clr_table_pca, rclr_pca, sparcc
 from mvae.errors import InputError
-from mvae.metrics import subspace_distance
+from mvae.evaluation.metrics import subspace_distance
 
 
 def _orthogonal_columns(n, d, seed):
@@ -153,13 +153,13 @@ def test_rclr_pca_rejects_empty_samples():
 
 @pytest.mark.slow  # importing pyPLNmodels (seaborn, scikit-learn) takes ~10 s
 def test_pln_pca_when_installed():
-    from mvae.baselines import _import_pyplnmodels, pln_pca
+    from mvae.evaluation.baselines import _import_pyplnmodels, pln_pca
 
     try:
         _import_pyplnmodels()
     except ImportError:
         pytest.skip("pyPLNmodels is not installed")
-    from mvae.simulate import simulate
+    from mvae.evaluation.simulate import simulate
 
     sim = simulate(80, 12, 2, depth=500, random_state=0)
     res = pln_pca(sim.counts, 2, max_iterations=50)

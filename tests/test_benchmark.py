@@ -1,4 +1,5 @@
-"""The encoder-depth benchmark (mvae.benchmark, benchmarks/encoder_depth.py, `mvae benchmark`).
+"""The encoder-depth benchmark (mvae.evaluation.encoder_depth, benchmarks/encoder_depth.py,
+`mvae benchmark`).
 
 The ``--smoke`` design runs here end to end (one small table, depths 1-2, both objectives, the
 reference and every baseline) and must finish in under a minute; the full design is only listed.
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402,F401
 
-from mvae.benchmark import (
+from mvae.evaluation.encoder_depth import (
     Task,
     build_tasks,
     evaluate_estimate,
@@ -29,7 +30,7 @@ from mvae.benchmark import (
     run_encoder_depth,
     smoke_config,
 )
-from mvae.cli_benchmark import benchmark
+from mvae.evaluation.cli import benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 

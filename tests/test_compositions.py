@@ -316,8 +316,15 @@ def test_newick_parsing_details(tmp_path):
     x = positive(np.random.default_rng(8), (3, 4))
     expected, _ = skbio_tree_ilr(x, reference, ids)
     np.testing.assert_allclose(basis.ilr(x), expected, rtol=0, atol=1e-12)
-    with pytest.raises(InputError, match="unclosed"):
-        TreeBasis.from_tree("((a,b),c;", ["a", "b", "c"])
+    for bad, why in [("((a,b),c;", "unbalanced"), ("((a,b)),c);", "closes more parentheses"),
+                     ("(a:x,b);", "length"), ("(a b,c);", "whitespace")]:
+        with pytest.raises(InputError, match=f"cannot parse the Newick tree from the given "
+                                             f"string: .*{why}"):
+            TreeBasis.from_tree(bad, ["a", "b", "c"])
+    # a missing final ';' is tolerated; text after the first tree is ignored
+    for lenient in ["((a,b),c)", "((a,b),c);((a,c),b);"]:
+        np.testing.assert_array_equal(TreeBasis.from_tree(lenient, ["a", "b", "c"]).dense(),
+                                      TreeBasis.from_tree("((a,b),c);", ["a", "b", "c"]).dense())
     with pytest.raises(InputError, match="neither a Newick string"):
         TreeBasis.from_tree(str(tmp_path / "missing.nwk"), ["a", "b"])
     with pytest.raises(InputError, match="same feature id"):

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from mvae.io.tables import write_biom
-from mvae.metrics import embedding_r2
-from mvae.simulate import simulate
+from mvae.evaluation.metrics import embedding_r2
+from mvae.evaluation.simulate import simulate
 
 
 def _free_port() -> int:
@@ -90,7 +90,7 @@ import torch
 from mvae.training.batches import CountData
 from mvae.training.distributed import init_from_env
 from mvae.counts import MultinomialVAEModule, MVAEConfig
-from mvae.simulate import simulate
+from mvae.evaluation.simulate import simulate
 from mvae.training.loop import TrainConfig, train_module
 
 out = sys.argv[1]

@@ -5,8 +5,8 @@ import pytest
 
 from mvae import MultinomialVAE
 from mvae.io.tables import write_biom
-from mvae.metrics import embedding_r2
-from mvae.simulate import simulate
+from mvae.evaluation.metrics import embedding_r2
+from mvae.evaluation.simulate import simulate
 from mvae.io.streaming import StreamingCounts
 
 

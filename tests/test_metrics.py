@@ -8,7 +8,7 @@ import scipy.stats
 
 from mvae.maths.covariance import LowRankCovariance
 from mvae.errors import InputError
-from mvae.metrics import (
+from mvae.evaluation.metrics import (
     CorrelationAgreement,
     correlation_agreement,
     covariance_to_correlation,
@@ -26,26 +26,46 @@ def _projector(a):
 
 
 # ----------------------------------------------------------------------------- subspaces
-@pytest.mark.parametrize("ka,kb", [(3, 3), (4, 6), (6, 2), (1, 1)])
-def test_principal_angles_match_scipy(ka, kb):
-    rng = np.random.default_rng(ka * 10 + kb)
-    a = rng.standard_normal((30, ka))
-    b = rng.standard_normal((30, kb))
+def _pair_at_angles(theta, extra_a=0, extra_b=0, d=30, seed=0):
+    """Column spaces whose principal angles are exactly ``theta``, with mixed-up bases.
+
+    A spans q_1..q_k, B spans cos(theta_i) q_i + sin(theta_i) q_{k+i}; ``extra_a`` / ``extra_b``
+    more columns along directions orthogonal to both (they add dimensions, not angles).
+    """
+    rng = np.random.default_rng(seed)
+    theta = np.asarray(theta, dtype=np.float64)
+    k = len(theta)
+    q, _ = np.linalg.qr(rng.standard_normal((d, 2 * k + extra_a + extra_b)))
+    a = np.hstack([q[:, :k], q[:, 2 * k : 2 * k + extra_a]])
+    b = np.hstack([q[:, :k] * np.cos(theta) + q[:, k : 2 * k] * np.sin(theta),
+                   q[:, 2 * k + extra_a :]])
+    # any basis of the same spaces: mix the columns with random invertible matrices
+    return (a @ rng.standard_normal((a.shape[1],) * 2), b @ rng.standard_normal((b.shape[1],) * 2))
+
+
+@pytest.mark.parametrize("theta,extra_a,extra_b", [
+    ([0.2, 0.7, 1.1], 0, 0),
+    ([0.1, 0.4, 0.9, 1.5], 0, 2),  # ka = 4, kb = 6
+    ([0.3, 1.2], 4, 0),  # ka = 6, kb = 2
+    ([0.6], 0, 0),
+    ([0.0, np.pi / 2], 0, 0),  # a shared direction and an orthogonal one
+])
+def test_principal_angles_of_constructed_subspaces(theta, extra_a, extra_b):
+    a, b = _pair_at_angles(theta, extra_a, extra_b, seed=len(theta) + extra_a)
     got = principal_angles(a, b)
-    expected = np.sort(scipy.linalg.subspace_angles(a, b))
-    assert got.shape == (min(ka, kb),)
-    np.testing.assert_allclose(got, expected, atol=1e-12)
+    assert got.shape == (len(theta),)
+    np.testing.assert_allclose(got, np.sort(theta), atol=1e-12)
     assert np.all(np.diff(got) >= 0)
+    np.testing.assert_allclose(principal_angles(b, a), got, atol=1e-12)  # symmetric
 
 
 def test_principal_angles_small_angles_are_accurate():
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((50, 4))
-    b = a + 1e-9 * rng.standard_normal((50, 4))
-    got = principal_angles(a, b)
-    expected = np.sort(scipy.linalg.subspace_angles(a, b))
-    assert np.all(got < 1e-7) and np.all(got > 0)
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    theta = np.array([1e-12, 1e-10, 1e-9, 1e-6, 0.3])  # all below 45°: taken from the sines
+    got = principal_angles(*_pair_at_angles(theta, seed=3))
+    np.testing.assert_allclose(got, theta, rtol=1e-4)
+    # beside an angle above 45° a tiny one is resolved only to a few sqrt(eps) (docstring)
+    got = principal_angles(*_pair_at_angles([1e-9, np.radians(80)], seed=4))
+    np.testing.assert_allclose(got, [1e-9, np.radians(80)], atol=1e-7)
 
 
 def test_principal_angles_invariant_to_column_mixing_and_rank_deficient_input():

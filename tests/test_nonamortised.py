@@ -1,4 +1,4 @@
-"""The non-amortised reference module (mvae.modules.nonamortised).
+"""The non-amortised reference module (mvae.evaluation.nonamortised).
 
 Its loss is checked against independent references: scipy's multinomial log-pmf for the
 reconstruction term and a dense numpy KL between Gaussians for the KL term. Training goes through
@@ -11,7 +11,7 @@ import scipy.stats
 import torch
 
 from mvae.counts import MultinomialVAEModule, MVAEConfig
-from mvae.modules.nonamortised import (
+from mvae.evaluation.nonamortised import (
     IndexedCountData,
     IndexedCounts,
     NonAmortisedConfig,
@@ -123,8 +123,8 @@ def test_copy_decoder_takes_the_mvae_decoder():
 
 @pytest.fixture(scope="module")
 def fitted():
-    from mvae.baselines import clr_pca
-    from mvae.simulate import simulate
+    from mvae.evaluation.baselines import clr_pca
+    from mvae.evaluation.simulate import simulate
 
     sim = simulate(260, 30, 3, depth=60, abundance_spread=1.0, random_state=0)
     X = sim.counts[:200]
@@ -142,7 +142,7 @@ def fitted():
 
 
 def test_training_with_the_shared_loop_improves_the_elbo_and_the_subspace(fitted):
-    from mvae.metrics import subspace_distance
+    from mvae.evaluation.metrics import subspace_distance
 
     sim, m, start, history, pca = fitted
     X = sim.counts[:200]
@@ -173,7 +173,7 @@ def test_optimised_posteriors_beat_the_encoder_on_held_out_samples():
     """The amortisation gap is >= 0: the encoder's posterior is one member of the family the
     held-out optimisation searches (diagonal Gaussians over the logits, marginal objective)."""
     from mvae import MultinomialVAE
-    from mvae.simulate import simulate
+    from mvae.evaluation.simulate import simulate
 
     sim = simulate(300, 25, 2, depth=80, random_state=1)
     model = MultinomialVAE(2, encoder_depth=1, max_epochs=40, random_state=0, threads=1)

@@ -179,7 +179,7 @@ def test_plots_do_not_use_pyplot(tmp_path, monkeypatch):
 def fitted():
     import anndata
 
-    from mvae.simulate import simulate  # not mvae.simulate: the submodule shadows it once imported
+    from mvae.evaluation.simulate import simulate
 
     sim = simulate(60, 25, 2, depth=300, random_state=3)
     counts = sim.counts.toarray().astype(float)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from mvae import MultinomialVAE
-from mvae.baselines import clr_pca
-from mvae.metrics import correlation_agreement, embedding_r2, relative_frobenius, subspace_distance
-from mvae.simulate import simulate
+from mvae.evaluation.baselines import clr_pca
+from mvae.evaluation.metrics import (correlation_agreement, embedding_r2, relative_frobenius,
+                                     subspace_distance)
+from mvae.evaluation.simulate import simulate
 
 K = 10
 

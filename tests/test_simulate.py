@@ -6,10 +6,10 @@ import scipy.linalg
 import scipy.sparse as sp
 import scipy.special
 
-import mvae.simulate as simulate_module
+import mvae.evaluation.simulate as simulate_module
 from mvae.maths.covariance import LowRankCovariance
 from mvae.errors import InputError
-from mvae.simulate import Simulation, simulate
+from mvae.evaluation.simulate import Simulation, simulate
 
 
 class DenseHelmert:
@@ -223,10 +223,11 @@ def test_frozen():
         sim.z[0, 0] = 1.0
 
 
-def test_package_level_simulate_is_callable_even_after_submodule_import():
+def test_package_level_simulate_is_the_function_even_after_submodule_import():
     import mvae
-    import mvae.simulate  # noqa: F401  (binds the submodule to mvae.simulate)
+    import mvae.evaluation.simulate  # noqa: F401  (binds mvae.evaluation.simulate, not mvae.simulate)
 
+    assert mvae.simulate is simulate and mvae.Simulation is Simulation
     a = mvae.simulate(20, 5, 2, random_state=1)
     b = simulate(20, 5, 2, random_state=1)
     np.testing.assert_array_equal(a.counts.toarray(), b.counts.toarray())

@@ -13,7 +13,7 @@ from mvae.io import streaming
 from mvae.cli import main
 from mvae.training.distributed import DistInfo
 from mvae.io.tables import write_biom
-from mvae.simulate import simulate
+from mvae.evaluation.simulate import simulate
 from mvae.io.streaming import StreamingCounts
 
 FAST = ["-k", "3", "--epochs", "4", "--hidden", "16", "--threads", "1", "-q"]

@@ -173,15 +173,15 @@ def _read_kind(p: Path, shown: str, kind: str, layer, orientation):
     return _make_anndata(X, sample_ids, feature_ids, obs, var)
 
 
-def sha256_file(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (as stored, before any gunzip), read in chunks."""
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (as stored, before any gunzip).
+
+    ``hashlib.file_digest`` reads the file in blocks, so a large table is never held in memory.
+    """
     import hashlib
 
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk_size), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def write_biom(

@@ -701,87 +701,36 @@ class HelmertBasis(Basis):
 # trees
 # ---------------------------------------------------------------------------
 
-# Newick tokens: quoted label | [comment] | punctuation | unquoted label
-_NEWICK_TOKEN = re.compile(r"\s*(?:'((?:[^']|'')*)'|(\[[^\]]*\])|([(),;:])|([^\s(),;:\[\]']+))")
 _NUMERIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _parse_newick(text: str, source: str):
-    """Parse the first tree of a Newick string without recursion.
+    """Read the first tree of a Newick text with scikit-bio's reader.
 
     Returns ``(names, parent)``, one entry per node, nodes numbered in preorder
     (the root is 0, its parent -1; children follow their parent in Newick
-    order). Labels are taken literally: quotes are removed, but underscores are
-    NOT turned into spaces (unlike skbio's default reader). Branch lengths and
-    ``[comments]`` are skipped.
+    order). ``skbio.TreeNode.read`` keeps an explicit stack, so deep trees do
+    not recurse. Labels are taken literally (``convert_underscores=False``):
+    quotes are removed, but underscores are NOT turned into spaces (unlike
+    skbio's default). Branch lengths and ``[comments]`` are skipped; a final
+    ``;`` may be missing.
     """
-    names: list = []
-    parent: list = []
-    stack: list = []  # open internal nodes
-    current = -1  # the node that a following label or length belongs to
-    expect_length = False
-    done = False
-    end = 0
+    import io
 
-    def fail(msg):
-        raise InputError(f"cannot parse the Newick tree from {source}: {msg} (near character {end})")
+    from skbio import TreeNode  # imported here: importing skbio takes seconds
+    from skbio.io import NewickFormatError
 
-    for match in _NEWICK_TOKEN.finditer(text):
-        if match.start() != end:  # finditer skipped characters no token accepts
-            fail(f"unexpected {text[end:match.start()].strip()[:20]!r}")
-        end = match.end()
-        kind = match.lastindex  # 1 quoted label, 2 comment, 3 punctuation, 4 bare label
-        if kind == 4 or kind == 1:
-            if expect_length:
-                expect_length = False
-                continue
-            label = match.group(4) if kind == 4 else match.group(1).replace("''", "'")
-            if current < 0:
-                if names and not stack:
-                    fail("text after the end of the tree")
-                current = len(names)
-                names.append(label)
-                parent.append(stack[-1] if stack else -1)
-            elif names[current] is None:
-                names[current] = label
-            else:
-                fail(f"unexpected label {label!r}")
-        elif kind == 3:
-            expect_length = False
-            punct = match.group(3)
-            if punct == "(":
-                if current >= 0:
-                    fail("'(' right after a node; missing ','?")
-                if names and not stack:
-                    fail("text after the end of the tree")
-                parent.append(stack[-1] if stack else -1)
-                names.append(None)
-                stack.append(len(names) - 1)
-            elif punct == "," or punct == ")":
-                if not stack:
-                    fail(f"{punct!r} outside parentheses")
-                if current < 0:  # an unnamed tip, as in "(,a)"
-                    names.append(None)
-                    parent.append(stack[-1])
-                current = -1 if punct == "," else stack.pop()
-            elif punct == ":":
-                if current < 0:
-                    if names and not stack:
-                        fail("text after the end of the tree")
-                    current = len(names)
-                    names.append(None)
-                    parent.append(stack[-1] if stack else -1)
-                expect_length = True
-            else:  # ";" ends the first tree; anything after it is ignored
-                done = True
-                break
-    if not done and text[end:].strip():
-        fail(f"unexpected {text[end:].strip()[:20]!r}")
-    if stack:
-        fail(f"{len(stack)} unclosed '('")
-    if not names:
-        fail("no tree found")
-    return names, parent
+    if ";" not in text:  # a lone tree without its terminator, which skbio would reject
+        text = text.rstrip() + ";"
+    try:
+        tree = TreeNode.read(io.StringIO(text), format="newick", verify=False,
+                             convert_underscores=False)
+    except NewickFormatError as exc:
+        raise InputError(f"cannot parse the Newick tree from {source}: {exc}") from exc
+    except IndexError as exc:  # skbio's reader runs off its stack on a surplus ')'
+        raise InputError(f"cannot parse the Newick tree from {source}: a ')' closes more "
+                         "parentheses than were opened") from exc
+    return _tree_from_skbio(tree)
 
 
 def _tree_from_skbio(tree):
@@ -994,7 +943,9 @@ class TreeBasis(Basis):
         ----------
         tree : str, os.PathLike or skbio.TreeNode
             A Newick string (starting with ``"("``), a path to a Newick file
-            (its first tree is used) or a ``skbio.TreeNode``.
+            (its first tree is used; read as UTF-8 text) or a
+            ``skbio.TreeNode``. Newick text is read with scikit-bio's reader
+            (``skbio.TreeNode.read``, underscores kept).
         feature_ids : sequence of str, length D
             The table's feature ids, in the order of the last axis of the data.
 

@@ -16,7 +16,6 @@ fallback to a full unpickle.
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import os
 import tempfile
@@ -25,8 +24,8 @@ from pathlib import Path
 from ..errors import ModelFileError
 
 __all__ = ["atomic_write_bytes", "save_checkpoint", "load_checkpoint", "check_checkpoint_target",
-           "sweep_temporary",
-           "sha256_file", "write_model_files", "read_model_files", "TMP_PREFIX"]
+           "sweep_temporary", "write_model_files", "read_model_files", "json_default",
+           "TMP_PREFIX"]
 
 TMP_PREFIX = ".mvae-tmp-"
 
@@ -259,13 +258,6 @@ def check_checkpoint_target(path, *, format: str) -> None:
             "with one. Give another checkpoint path.")
 
 
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def json_default(o):

@@ -1,27 +1,28 @@
 r"""The encoder-depth benchmark: does a deeper encoder remove the pseudocount's bias?
 
-The MVAE's encoder sees log(x + c); the decoder never does (DESIGN.md §1-2). The claim under test
+The MVAE's encoder sees log(x + c); the decoder never does (docs/model.md). The claim under test
 is that a deeper encoder undoes more of the distortion the pseudocount c puts into that input.
-This module simulates count tables with known truth (:func:`mvae.simulate.simulate`), fits
+This module simulates count tables with known truth (:func:`mvae.evaluation.simulate.simulate`),
+fits
 
 - the MVAE for every encoder depth L, both objectives and several pseudocounts;
-- the *non-amortised reference* (:mod:`mvae.modules.nonamortised`): the same decoder with each
+- the *non-amortised reference* (:mod:`mvae.evaluation.nonamortised`): the same decoder with each
   sample's posterior optimised directly -- no encoder, so no amortisation bias;
-- the baselines on exactly the same tables (:mod:`mvae.baselines`): clr(x + c) + PCA for each c,
-  multiplicative replacement + PCA, the sample clr covariance, SparCC, robust Aitchison PCA
-  (rclr + matrix completion) and, when pyPLNmodels is installed, Poisson log-normal PCA;
+- the baselines on exactly the same tables (:mod:`mvae.evaluation.baselines`): clr(x + c) + PCA
+  for each c, multiplicative replacement + PCA, the sample clr covariance, SparCC, robust
+  Aitchison PCA (rclr + matrix completion) and, when pyPLNmodels is installed, PLN-PCA;
 - the *floor*: PCA of the true clr logits η of the simulation (what is left when η itself is
   observed, i.e. with no count noise at all),
 
-and scores each against the truth with :mod:`mvae.metrics`. Everything is organised as
-independent *tasks* (one MVAE fit, one reference fit, or all the baselines of one table) that run in
-parallel processes with one torch thread each; each task writes one small JSON file under
+and scores each against the truth with :mod:`mvae.evaluation.metrics`. Everything is organised
+as independent *tasks* (one MVAE fit, one reference fit, or all the baselines of one table) that
+run in parallel processes with one torch thread each; each task writes one small JSON file under
 ``DIR/runs/`` atomically, so a rerun skips the finished ones (resumable). At the end the runs are
 gathered into ``DIR/results.csv`` (one row per method and table), ``DIR/summary.md`` (means ±
 standard deviations over seeds) and ``DIR/*.png``.
 
 Entry points: :func:`run_encoder_depth` (Python), ``mvae benchmark encoder-depth`` (command line,
-:mod:`mvae.cli_benchmark`) and ``benchmarks/encoder_depth.py`` (a script with ``main(config)``).
+:mod:`mvae.evaluation.cli`) and ``benchmarks/encoder_depth.py`` (a script with ``main(config)``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.outputs import json_default
+from ..io.outputs import json_default
 
 __all__ = [
     "Regime",
@@ -314,7 +315,7 @@ class _Decoder:
 
 def _heldout(decoder, table: _Table, config: EncoderDepthConfig) -> float:
     """Mean held-out −ELBO per sample with optimised posteriors, on the kept features."""
-    from .modules.nonamortised import heldout_negative_elbo
+    from .nonamortised import heldout_negative_elbo
 
     values = heldout_negative_elbo(decoder, table.test[:, table.kept],
                                    max_steps=config.heldout_max_steps,
@@ -342,7 +343,7 @@ def evaluate_estimate(table: _Table, *, loadings=None, noise_variance=None, cova
     correlations derived from the covariance (SparCC). Subspaces of dense covariances are their
     top-k eigenvectors. Features with zero estimated variance get correlation 0.
     """
-    from .maths.covariance import LowRankCovariance
+    from ..maths.covariance import LowRankCovariance
     from .metrics import (
         correlation_agreement,
         covariance_to_correlation,
@@ -400,7 +401,7 @@ class _Clock:
 
 
 def _run_mvae(task: Task, table: _Table, config: EncoderDepthConfig) -> list[dict]:
-    from .model import MultinomialVAE
+    from ..model import MultinomialVAE
 
     D = task.n_features
     model = MultinomialVAE(
@@ -424,12 +425,12 @@ def _run_mvae(task: Task, table: _Table, config: EncoderDepthConfig) -> list[dic
 def _run_reference(task: Task, table: _Table, config: EncoderDepthConfig) -> list[dict]:
     import torch
 
-    from .modules.nonamortised import (
+    from .nonamortised import (
         IndexedCountData,
         NonAmortisedConfig,
         NonAmortisedModule,
     )
-    from .training.loop import TrainConfig, train_module
+    from ..training.loop import TrainConfig, train_module
 
     X = table.train[:, table.kept]
     n, Dk = X.shape
@@ -530,8 +531,8 @@ def _run_baselines(task: Task, table: _Table, config: EncoderDepthConfig) -> lis
 def run_task(task: Task, config: EncoderDepthConfig, out_dir) -> list[dict]:
     """Run one task (unless its JSON exists) and write ``out_dir/runs/<task_id>.json``
     atomically. Returns its rows."""
-    from .errors import TrainingInterrupted
-    from .training.loop import torch_threads
+    from ..errors import TrainingInterrupted
+    from ..training.loop import torch_threads
 
     path = Path(out_dir) / "runs" / f"{task.task_id}.json"
     if path.is_file():

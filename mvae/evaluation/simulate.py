@@ -1,6 +1,6 @@
 r"""Seeded simulation of compositional count tables from the MVAE generative model.
 
-The model (DESIGN.md §1), written in clr coordinates so that nothing depends on an ILR basis:
+The model (docs/model.md), written in clr coordinates so that nothing depends on an ILR basis:
 
 .. math::
 
@@ -22,8 +22,6 @@ float) array; the result depends only on the seed, not on the chunk size.
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import dataclass
 
 import numpy as np
@@ -347,17 +345,3 @@ def simulate(
         random_state=seed,
     )
 
-
-class _CallableModule(types.ModuleType):
-    """Let ``mvae.simulate(...)`` call :func:`simulate` even after ``import mvae.simulate``.
-
-    Importing the submodule makes Python bind the module object to the package attribute
-    ``mvae.simulate``, which would shadow the function that ``mvae`` exports under that name.
-    Giving this module a ``__call__`` keeps both spellings working.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return simulate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -53,8 +53,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..maths.likelihoods import gaussian_multinomial_log_prob, kl_diag_to_lowrank
 from ..counts.module import LossTerms, LowRankDecoder
+from ..maths.likelihoods import gaussian_multinomial_log_prob, kl_diag_to_lowrank
 
 __all__ = [
     "IndexedCounts",
@@ -225,8 +225,8 @@ class NonAmortisedModule(LowRankDecoder):
     @torch.no_grad()
     def initialise_decoder(self, counts, n_latent_init=None, pseudocount: float = 0.5) -> None:
         """Decoder start as the MVAE's: bias at the pooled log composition, W̃ and σ at PPCA of
-        clr(x + c) (:func:`mvae.baselines.clr_pca`)."""
-        from ..baselines import clr_pca
+        clr(x + c) (:func:`mvae.maths.pca.clr_pca`)."""
+        from ..maths.pca import clr_pca
 
         pooled = np.log(np.asarray(counts.sum(axis=0)).ravel() + pseudocount)
         self.bias_raw.copy_(torch.as_tensor(pooled - pooled.mean(), dtype=self.bias_raw.dtype))

@@ -1,24 +1,17 @@
-r"""The methods users reach for without mvae, as baselines for the benchmarks (DESIGN.md §2).
+r"""The methods users reach for without mvae, as baselines for the benchmarks.
 
 All start from a count table ``X`` (samples x features, numpy or scipy sparse) and work on a
-dense ``(n, D)`` copy, so they suit small and moderate D.
+dense ``(n, D)`` copy, so they suit small and moderate D. Each returns the same kind of result
+(:class:`~mvae.maths.pca.PCAResult`: embeddings, clr loadings, noise variance) or a covariance,
+so that :mod:`mvae.evaluation.metrics` scores them all alike (docs/benchmarks.md).
 
-- :func:`clr_pca` -- clr of ``X + c`` (a pseudocount, default 1), then probabilistic PCA;
+- :func:`clr_pca` -- clr of ``X + c`` (a pseudocount, default 1), then probabilistic PCA (the
+  function of :mod:`mvae.maths.pca`, where the PPCA maths is written out; the count model starts
+  from it too);
 - :func:`multiplicative_replacement`, :func:`mr_pca` -- zeros replaced multiplicatively
   (Martín-Fernández et al. 2003), then clr and PPCA;
-- :func:`sample_clr_covariance` -- the dense sample covariance of clr(``X + c``).
-
-PPCA (Tipping & Bishop 1999) on the clr table: with the eigenvalues :math:`\lambda_1 \ge \dots`
-and eigenvectors :math:`U` of the clr sample covariance,
-
-.. math::
-
-    \hat\sigma^2 = \frac{1}{(D-1) - k} \sum_{j > k} \lambda_j, \qquad
-    \hat W = U_k (\Lambda_k - \hat\sigma^2 I)^{1/2}, \qquad
-    \hat\Sigma_{clr} = \hat W \hat W^\top + \hat\sigma^2 H .
-
-The clr covariance has rank at most D - 1 (every clr vector sums to zero), so the discarded
-variance is shared among the D - 1 - k remaining directions of :math:`\mathbf 1^\perp`, not D - k.
+- :func:`sample_clr_covariance` -- the dense sample covariance of clr(``X + c``);
+- :func:`clr_table_pca`, :func:`sparcc`, :func:`rclr_pca`, :func:`pln_pca` -- below.
 """
 
 from __future__ import annotations
@@ -26,174 +19,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
-import scipy.sparse as sp
 
-from mvae.maths.covariance import LowRankCovariance
 from mvae.errors import InputError
+from mvae.maths.pca import (PCAResult, centre_log_rows, clr_pca, clr_with_pseudocount,
+                             dense_counts, ppca)
 
 __all__ = [
     "PCAResult",
+    "SparCCResult",
     "clr_pca",
+    "clr_table_pca",
     "mr_pca",
     "multiplicative_replacement",
+    "pln_pca",
+    "rclr_pca",
     "sample_clr_covariance",
+    "sparcc",
 ]
-
-
-@dataclass(frozen=True, eq=False)
-class PCAResult:
-    r"""Probabilistic PCA of a clr-transformed table.
-
-    Attributes
-    ----------
-    embeddings : ndarray of shape (n, k)
-        PCA scores :math:`(Y - \bar y) U_k` of the clr table ``Y`` (ordered by variance).
-    loadings_clr : ndarray of shape (D, k)
-        :math:`\hat W = U_k (\Lambda_k - \hat\sigma^2 I)^{1/2}`; columns sum to zero and
-        :math:`\hat W \hat W^\top` is the low-rank part of the PPCA covariance. Each column's
-        largest-magnitude entry is positive (fixes the SVD sign).
-    noise_variance : float
-        :math:`\hat\sigma^2`, the mean of the D - 1 - k discarded clr eigenvalues (0 when
-        k = D - 1).
-    explained_variance : ndarray of shape (k,)
-        :math:`\lambda_1, \dots, \lambda_k`, the top eigenvalues of the clr sample covariance
-        (``ddof=1``).
-    mean_clr : ndarray of shape (D,)
-        Column mean of the clr table that was subtracted.
-    """
-
-    embeddings: np.ndarray
-    loadings_clr: np.ndarray
-    noise_variance: float
-    explained_variance: np.ndarray
-    mean_clr: np.ndarray
-
-    @property
-    def covariance(self) -> LowRankCovariance:
-        r"""The PPCA clr covariance :math:`\hat W \hat W^\top + \hat\sigma^2 H`."""
-        return LowRankCovariance(self.loadings_clr, self.noise_variance, space="clr")
-
-
-# --------------------------------------------------------------------------- helpers
-def _dense_counts(X, min_samples=2):
-    """Validated dense float64 copy of a count table, shape (n, D)."""
-    if sp.issparse(X):
-        X = X.toarray()
-    x = np.array(X, dtype=np.float64, copy=True)
-    if x.ndim != 2:
-        raise InputError(f"X must be a 2-D samples x features table; got shape {x.shape}.")
-    n, d = x.shape
-    if n < min_samples or d < 2:
-        raise InputError(
-            f"X needs at least {min_samples} samples and 2 features; got shape {x.shape}."
-        )
-    if not np.all(np.isfinite(x)):
-        i, j = np.argwhere(~np.isfinite(x))[0]
-        raise InputError(
-            f"X has a non-finite value at sample {i}, feature {j}; counts must be finite."
-        )
-    if np.any(x < 0):
-        i, j = np.argwhere(x < 0)[0]
-        raise InputError(
-            f"X has a negative value {x[i, j]} at sample {i}, feature {j}; counts must be >= 0."
-        )
-    return x
-
-
-def _clr_log(log_x):
-    """Centre each row of a log table: clr = log x - mean(log x). In place; returns it."""
-    log_x -= log_x.mean(axis=1, keepdims=True)
-    return log_x
-
-
-def _clr_pseudocount(X, pseudocount):
-    r""":math:`\operatorname{clr}(X + c)`, dense (n, D)."""
-    c = float(pseudocount)
-    if not np.isfinite(c) or c < 0:
-        raise InputError(f"pseudocount must be a finite number >= 0; got {pseudocount!r}.")
-    x = _dense_counts(X)
-    x += c
-    if np.any(x <= 0):
-        i, j = np.argwhere(x <= 0)[0]
-        raise InputError(
-            f"X + pseudocount is 0 at sample {i}, feature {j}; the log of 0 is undefined. "
-            "Use pseudocount > 0 or multiplicative_replacement."
-        )
-    return _clr_log(np.log(x))
-
-
-def _ppca(y, n_components):
-    """PPCA of a clr table ``y`` (n, D) whose rows sum to zero."""
-    n, d = y.shape
-    k = int(n_components)
-    if not 1 <= k <= min(n - 1, d - 1):
-        raise InputError(
-            f"n_components must be between 1 and min(n_samples - 1, n_features - 1) = "
-            f"{min(n - 1, d - 1)}; got {n_components}."
-        )
-    mean = y.mean(axis=0)
-    yc = y - mean  # (n, D)
-    if n < d:
-        # wide table: eigendecompose the n x n Gram matrix, O(n² D), instead of an SVD of the
-        # n x D matrix (measured 36 s -> well under a second at n = 200, D = 95,000)
-        evals, evecs = scipy.linalg.eigh(yc @ yc.T)  # ascending
-        evals, evecs = np.clip(evals[::-1], 0.0, None), evecs[:, ::-1]
-        s = np.sqrt(evals)
-        keep = s > s[0] * 1e-12 if s[0] > 0 else np.zeros_like(s, dtype=bool)
-        u = evecs
-        vt = np.zeros((n, d))
-        vt[keep] = (yc.T @ evecs[:, keep] / s[keep]).T  # right singular vectors
-    else:
-        u, s, vt = scipy.linalg.svd(yc, full_matrices=False)  # yc = u diag(s) vt
-    eig = s**2 / (n - 1)  # eigenvalues of the sample covariance, descending
-    top = eig[:k]
-    n_discarded = (d - 1) - k
-    # the discarded variance is the sum of the eigenvalues after the k-th: the SVD / Gram route
-    # returns every non-zero one (the rank is at most min(n, D) - 1). Summing them directly
-    # avoids the cancellation of trace - top.sum(), which left ~1e-16 x trace of noise
-    noise = max(0.0, float(eig[k:].sum()) / n_discarded) if n_discarded > 0 else 0.0
-    v = vt[:k].T  # (D, k)
-    signs = np.sign(v[np.argmax(np.abs(v), axis=0), np.arange(k)])
-    signs[signs == 0] = 1.0
-    v = v * signs
-    loadings = v * np.sqrt(np.clip(top - noise, 0.0, None))  # (D, k) * (k,)
-    embeddings = (u[:, :k] * s[:k]) * signs  # (n, k): scores yc @ v
-    return PCAResult(
-        embeddings=embeddings,
-        loadings_clr=loadings,
-        noise_variance=float(noise),
-        explained_variance=top.copy(),
-        mean_clr=mean,
-    )
-
-
-# --------------------------------------------------------------------------- public
-def clr_pca(X, n_components, pseudocount=1.0) -> PCAResult:
-    r"""clr(X + c) followed by probabilistic PCA.
-
-    .. math::
-
-        Y = \operatorname{clr}(X + c) = \log(X + c) - \tfrac1D \log(X + c) \mathbf 1 \mathbf 1^\top,
-        \quad Y - \bar Y = U S V^\top, \quad \lambda = s^2 / (n - 1)
-
-    then :math:`\hat\sigma^2 = \sum_{j>k}\lambda_j / (D - 1 - k)` and
-    :math:`\hat W = V_k(\Lambda_k - \hat\sigma^2 I)^{1/2}` (module docstring).
-
-    Parameters
-    ----------
-    X : array_like or scipy.sparse matrix of shape (n, D)
-        Counts (samples x features), non-negative. A dense copy is made.
-    n_components : int
-        Number of components k, ``1 <= k <= min(n - 1, D - 1)``.
-    pseudocount : float, default 1.0
-        Added to every count before the log; 0 is allowed when ``X`` has no zeros.
-
-    Returns
-    -------
-    PCAResult
-    """
-    return _ppca(_clr_pseudocount(X, pseudocount), n_components)
 
 
 def multiplicative_replacement(X, delta=None):
@@ -227,7 +69,7 @@ def multiplicative_replacement(X, delta=None):
     array([[0.1875, 0.375 , 0.375 , 0.0625],
            [0.0625, 0.4375, 0.4375, 0.0625]])
     """
-    x = _dense_counts(X, min_samples=1)
+    x = dense_counts(X, min_samples=1)
     n, d = x.shape
     totals = x.sum(axis=1, keepdims=True)
     if np.any(totals <= 0):
@@ -264,7 +106,7 @@ def mr_pca(X, n_components, delta=None) -> PCAResult:
     PCAResult
     """
     comp = multiplicative_replacement(X, delta=delta)
-    return _ppca(_clr_log(np.log(comp)), n_components)
+    return ppca(centre_log_rows(np.log(comp)), n_components)
 
 
 def sample_clr_covariance(X, pseudocount=1.0):
@@ -286,14 +128,13 @@ def sample_clr_covariance(X, pseudocount=1.0):
     ndarray of shape (D, D)
         Rows and columns sum to zero.
     """
-    y = _clr_pseudocount(X, pseudocount)
+    y = clr_with_pseudocount(X, pseudocount)
     y -= y.mean(axis=0)
     return y.T @ y / (y.shape[0] - 1)  # (D, n) @ (n, D) -> (D, D)
 
 
-# =========================================================================== added baselines
-# The functions below were added for the encoder-depth benchmark (issue 4); the ones above are
-# unchanged. They are listed in ``__all__`` at the end of the module.
+# =========================================================================== more baselines
+# Added for the encoder-depth benchmark:
 #
 # - :func:`clr_table_pca` -- PPCA of a given clr/log table (used for the "floor": PCA of the true
 #   logits of a simulation);
@@ -325,7 +166,7 @@ def clr_table_pca(log_table, n_components) -> PCAResult:
         raise InputError(
             f"log_table must be a finite 2-D array (samples x features); got shape {y.shape}."
         )
-    return _ppca(_clr_log(y), n_components)
+    return ppca(centre_log_rows(y), n_components)
 
 
 @dataclass(frozen=True, eq=False)
@@ -452,7 +293,7 @@ def sparcc(X, *, n_draws=20, n_iterations=10, threshold=0.1, min_variance=1e-4,
     >>> res.correlation.shape, bool(np.allclose(np.diag(res.correlation), 1))
     ((5, 5), True)
     """
-    x = _dense_counts(X)
+    x = dense_counts(X)
     n, d = x.shape
     if d < 3:
         raise InputError(f"SparCC needs at least 3 features; got {d}.")
@@ -524,7 +365,7 @@ def rclr_pca(X, n_components, *, n_iterations=30, ridge=1e-3, random_state=0) ->
     Martino C, et al. (2019) A novel sparse compositional technique reveals microbial
     perturbations. mSystems 4: e00016-19.
     """
-    x = _dense_counts(X)
+    x = dense_counts(X)
     n, d = x.shape
     k = int(n_components)
     if not 1 <= k <= min(n - 1, d - 1):
@@ -563,7 +404,7 @@ def rclr_pca(X, n_components, *, n_iterations=30, ridge=1e-3, random_state=0) ->
     v[never] = 0.0
     mu[never] = 0.0
     completed = u @ v.T + mu[None, :]  # (n, k) @ (k, D); row offsets a_i vanish under clr
-    return _ppca(_clr_log(completed), k)
+    return ppca(centre_log_rows(completed), k)
 
 
 def _import_pyplnmodels():
@@ -633,7 +474,7 @@ def pln_pca(X, n_components, *, max_iterations=400, random_state=0) -> PCAResult
     import torch
 
     pyplnmodels = _import_pyplnmodels()
-    x = _dense_counts(X)
+    x = dense_counts(X)
     n, d = x.shape
     k = int(n_components)
     keep = x.sum(axis=0) > 0
@@ -655,5 +496,3 @@ def pln_pca(X, n_components, *, max_iterations=400, random_state=0) -> PCAResult
     return PCAResult(embeddings=latent, loadings_clr=loadings, noise_variance=0.0,
                      explained_variance=s**2, mean_clr=coef - coef.mean())
 
-
-__all__ += ["SparCCResult", "clr_table_pca", "sparcc", "rclr_pca", "pln_pca"]

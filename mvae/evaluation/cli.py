@@ -1,7 +1,8 @@
 """``mvae benchmark ...``: the simulation benchmarks on the command line.
 
 A click group registered on the main command with ``main.add_command(benchmark)`` (in
-:mod:`mvae.cli`). No benchmark logic lives here: :mod:`mvae.benchmark` does the work.
+:mod:`mvae.cli`). No benchmark logic lives here: :mod:`mvae.evaluation.encoder_depth` does the
+work.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def encoder_depth(out_dir, smoke, seeds, pseudocount_seeds, scale_seeds, jobs, d
     Writes OUT_DIR/results.csv (one row per method and table), OUT_DIR/summary.md (means ± sd)
     and OUT_DIR/*.png. The full design takes about an hour with --jobs 2.
     """
-    from .benchmark import build_tasks, full_config, run_encoder_depth, smoke_config
+    from .encoder_depth import build_tasks, full_config, run_encoder_depth, smoke_config
 
     config = smoke_config() if smoke else full_config()
     if seeds is not None:
