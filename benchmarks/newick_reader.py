@@ -3,7 +3,7 @@
 mvae reads Newick text with scikit-bio (``skbio.TreeNode.read`` with
 ``convert_underscores=False``, then a walk over the nodes into the ``(names, parent)`` preorder
 lists that ``TreeBasis.from_tree`` works from). For each tree this times that reading step
-(``mvae.maths.compositions._parse_newick``) and ``TreeBasis.from_tree`` end to end. Time is the
+(``mvae.maths.trees._parse_newick``) and ``TreeBasis.from_tree`` end to end. Time is the
 process's CPU time (``time.process_time``: the machine this was written on is shared, and CPU
 time is what other processes disturb least), the minimum over ``runs`` repetitions, with the
 cyclic garbage collector's work included; peak memory is the largest Python allocation while
@@ -67,7 +67,7 @@ def _peak_mib(fn) -> float:
 
 def main(config: dict) -> list[dict]:
     """One row per tree: tips, reading seconds, peak MiB, ``from_tree`` seconds."""
-    from mvae.maths.compositions import TreeBasis, _parse_newick
+    from mvae.maths.trees import TreeBasis, _parse_newick
 
     runs = int(config.get("runs", 3))
     sizes = config.get("sizes", [10_000, 100_000])

@@ -19,7 +19,7 @@ _LAZY = {
     "simulate": "mvae.evaluation.simulate",
     "Simulation": "mvae.evaluation.simulate",
     "HelmertBasis": "mvae.maths.compositions",
-    "TreeBasis": "mvae.maths.compositions",
+    "TreeBasis": "mvae.maths.trees",
     "LowRankCovariance": "mvae.maths.covariance",
     "InputError": "mvae.errors",
     "ModelFileError": "mvae.errors",

@@ -234,7 +234,7 @@ def _check_tree(tree: Path, adata) -> None:
     """Fail before training when the tree cannot give a basis for the table's features."""
     import numpy as np
 
-    from .maths.compositions import TreeBasis
+    from .maths.trees import TreeBasis
     from .errors import InputError
 
     try:

@@ -504,11 +504,13 @@ class MultinomialVAE:
         return h.hexdigest()
 
     def _make_basis(self, feature_ids):
-        from .maths.compositions import HelmertBasis, TreeBasis
-
         D = len(feature_ids)
         if self.basis == "helmert":
+            from .maths.compositions import HelmertBasis
+
             return HelmertBasis(D, feature_ids=feature_ids)
+        from .maths.trees import TreeBasis
+
         if self.basis == "balanced":
             return TreeBasis.balanced(D, feature_ids=feature_ids)
         return TreeBasis.from_tree(self.tree, feature_ids)
@@ -760,7 +762,7 @@ class MultinomialVAE:
         import pandas as pd
 
         from .training.checkpoint import read_model_files
-        from .maths.compositions import basis_from_config
+        from .maths.bases import basis_from_config
         from .counts import MultinomialVAEModule, MVAEConfig
 
         path = Path(path)

@@ -23,14 +23,14 @@ from skbio.stats.composition import tree_basis
 
 from mvae.maths.compositions import (
     HelmertBasis,
-    TreeBasis,
-    basis_from_config,
     center,
     closure,
     clr,
     clr_pseudocount,
     log_pseudocount,
 )
+from mvae.maths.bases import basis_from_config
+from mvae.maths.trees import TreeBasis
 from mvae.errors import InputError
 
 LN2 = np.log(2.0)

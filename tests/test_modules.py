@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mvae.maths.compositions import HelmertBasis, TreeBasis
+from mvae.maths.compositions import HelmertBasis
+from mvae.maths.trees import TreeBasis
 from mvae.counts import MultinomialVAEModule, MVAEConfig
 from mvae.counts.encoder import ClrLinear, log_ratio_input
 

@@ -103,7 +103,7 @@ def read_metadata(path: str | os.PathLike) -> "pd.DataFrame":
     import numpy as np
     import pandas as pd
 
-    from mvae.io.tables import _text_records
+    from mvae.io.text import _text_records
 
     shown = str(path)
     p = Path(path)

@@ -525,7 +525,7 @@ def _axes(k: int) -> list[str]:
 
 def write_fit_results(
     directory: str | os.PathLike,
-    model: "MultinomialVAE",
+    model,  # a fitted mvae.model.MultinomialVAE (not imported: io sits below the estimator)
     adata: "anndata.AnnData",
     *,
     run: dict,
