@@ -195,19 +195,10 @@ def _resolve_threads(threads):
 
 
 def _check_device(device: str) -> str:
-    """The device to train on; an InputError when CUDA is asked for but absent."""
-    import torch
+    """The device to train on, as a string; an InputError when CUDA is asked for but absent."""
+    from .training.loop import resolve_device
 
-    from .errors import InputError
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(
-            f"--device {device}: CUDA is not available here (torch {torch.__version__}). "
-            "Use --device cpu, or --device auto to take a GPU only when there is one."
-        )
-    return device
+    return str(resolve_device(device, option=True))
 
 
 def _check_table_usable(adata, table: Path, latent_dim: int) -> None:

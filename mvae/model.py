@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ModelFileError
+from .params import constructor_params, is_int, require
 
 __all__ = ["MultinomialVAE"]
 
@@ -146,19 +147,13 @@ class MultinomialVAE:
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict:
         """The constructor arguments (JSON-serialisable except a TreeNode ``tree``)."""
-        names = self.__init__.__code__.co_varnames[1:self.__init__.__code__.co_argcount
-                                                    + self.__init__.__code__.co_kwonlyargcount]
-        return {name: getattr(self, name) for name in names}
+        return constructor_params(self)
 
     def _check_params(self, n_features: int) -> None:
         from .io.validation import MAX_HIDDEN, check_seed, check_threads
 
         def need(cond, name, allowed):
-            if not cond:
-                raise InputError(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
-
-        def is_int(v):
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            require(cond, name, getattr(self, name), allowed)
 
         need(is_int(self.n_latent) and 1 <= self.n_latent < n_features, "n_latent",
              f"need an integer between 1 and {n_features - 1} (number of features after "

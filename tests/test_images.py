@@ -56,7 +56,8 @@ TINY = dict(n_filters=4, n_hidden=16, depth=2)
 
 
 def test_image_package_imports_nothing_of_the_count_model_at_import_time():
-    # what the image modules load at import: only mvae.errors and the one shared formula
+    # what the image modules load at import: only mvae.errors, the estimators' parameter helpers
+    # (mvae.params) and the one shared formula
     # (mvae.maths.likelihoods.kl_normal_standard); the loop and file helpers load inside the methods
     code = ("import sys\n"
             "import mvae.images.cli, mvae.images.data, mvae.images.grids, mvae.images.landscapes\n"
@@ -64,7 +65,7 @@ def test_image_package_imports_nothing_of_the_count_model_at_import_time():
             "print(' '.join(sorted(m for m in sys.modules if m.startswith('mvae'))))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     outside = {m for m in r.stdout.split() if not m.startswith("mvae.images")}
-    assert outside == {"mvae", "mvae.errors", "mvae.maths", "mvae.maths.likelihoods"}
+    assert outside == {"mvae", "mvae.errors", "mvae.params", "mvae.maths", "mvae.maths.likelihoods"}
 
 
 # ------------------------------------------------------------------------------------------------

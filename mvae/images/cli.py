@@ -76,16 +76,10 @@ def _stderr_is_tty() -> bool:
 
 
 def _check_device(device: str) -> str:
-    import torch
+    """The device to train on, as a string; an InputError when CUDA is asked for but absent."""
+    from ..training.loop import resolve_device
 
-    from ..errors import InputError
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available here (torch "
-                         f"{torch.__version__}). Use --device cpu, or --device auto.")
-    return device
+    return str(resolve_device(device, option=True))
 
 
 def _load(model_dir: Path, threads):

@@ -16,7 +16,6 @@ reconstruction for the autoencoders.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -24,16 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, ModelFileError
+from ..params import constructor_params, is_int, require
 from .data import ImageSet, as_image_set, split_indices
 
 __all__ = ["ConvVAE", "ConvAutoencoder", "DenoisingAutoencoder", "load_model", "MODEL_KINDS"]
 
 SCHEMA_VERSION = 1
 _LIKELIHOODS = ("auto", "bernoulli", "logistic", "gaussian")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 class _ImageModel:
@@ -44,20 +40,18 @@ class _ImageModel:
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict:
         """The constructor arguments, by name."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
+        return constructor_params(self)
 
     def _check_params(self) -> None:
         p = self.get_params()
 
         def need(cond, name, allowed):
-            if not cond:
-                raise InputError(f"{name}={p[name]!r} is not allowed: {allowed}")
+            require(cond, name, p[name], allowed)
 
         for name in ("n_latent", "n_filters", "depth", "n_hidden", "batch_size", "max_epochs",
                      "patience"):
-            need(_is_int(p[name]) and p[name] >= 1, name, "need an integer >= 1")
-        need(_is_int(p["n_blocks"]) and p["n_blocks"] >= 0, "n_blocks", "need an integer >= 0")
+            need(is_int(p[name]) and p[name] >= 1, name, "need an integer >= 1")
+        need(is_int(p["n_blocks"]) and p["n_blocks"] >= 0, "n_blocks", "need an integer >= 0")
         need(p["likelihood"] in _LIKELIHOODS, "likelihood", f"choose one of {_LIKELIHOODS}")
         need(not p["binarize"] or p["likelihood"] in ("auto", "bernoulli"), "binarize",
              "binarize=True needs likelihood='bernoulli' (or 'auto')")
@@ -66,15 +60,15 @@ class _ImageModel:
         need(isinstance(p["learning_rate"], (int, float)) and p["learning_rate"] > 0,
              "learning_rate", "need a number > 0")
         need(0 <= p["validation_fraction"] < 1, "validation_fraction", "need 0 <= value < 1")
-        need(p["threads"] is None or (_is_int(p["threads"]) and p["threads"] >= 1), "threads",
+        need(p["threads"] is None or (is_int(p["threads"]) and p["threads"] >= 1), "threads",
              "need None or an integer >= 1")
         need(str(p["device"]) in ("cpu", "cuda", "auto") or str(p["device"]).startswith("cuda:"),
              "device", "choose 'cpu', 'cuda' or 'auto'")
         if "beta" in p:
             need(isinstance(p["beta"], (int, float)) and p["beta"] > 0, "beta", "need a number > 0")
-            need(_is_int(p["kl_warmup_epochs"]) and p["kl_warmup_epochs"] >= 0,
+            need(is_int(p["kl_warmup_epochs"]) and p["kl_warmup_epochs"] >= 0,
                  "kl_warmup_epochs", "need an integer >= 0")
-            need(_is_int(p["context"]) and (p["context"] == 0 or
+            need(is_int(p["context"]) and (p["context"] == 0 or
                                             (p["context"] >= 3 and p["context"] % 2 == 1)),
                  "context", "need 0 (a factorised decoder) or an odd integer >= 3")
         if "noise" in p:

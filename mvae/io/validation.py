@@ -46,6 +46,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mvae.errors import InputError
+from mvae.params import is_int
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -64,15 +65,11 @@ MAX_THREADS = 1024
 MAX_HIDDEN = 65536
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def check_seed(value, name: str = "random_state") -> None:
     """``value`` is None or an integer seed in [0, MAX_SEED]; an InputError naming it otherwise."""
     if value is None:
         return
-    if not _is_int(value):
+    if not is_int(value):
         raise InputError(f"{name}={value!r} is not allowed: give an integer seed between 0 and "
                          f"{MAX_SEED} (or None); a numpy Generator or RandomState cannot be "
                          "recorded in a checkpoint or a model file")
@@ -89,7 +86,7 @@ def check_threads(value, name: str = "threads") -> None:
     """
     if value is None:
         return
-    if not _is_int(value) or not 1 <= int(value) <= MAX_THREADS:
+    if not is_int(value) or not 1 <= int(value) <= MAX_THREADS:
         from mvae.training.loop import usable_cores
 
         raise InputError(f"{name}={value!r} is not allowed: need None or an integer between 1 "

@@ -152,16 +152,22 @@ def reuse_freed_memory():
             malloc_trim(0)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` → cuda when available, else cpu; otherwise the device named (checked)."""
+def resolve_device(device: str | torch.device, *, option: bool = False) -> torch.device:
+    """``"auto"`` → cuda when available, else cpu; otherwise the device named, checked.
+
+    The one place that decides where to train, for the Python API and the command line alike;
+    ``option=True`` words the error for the ``--device`` option instead of ``device=``.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     from ..errors import InputError
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device={str(device)!r} was requested but CUDA is not available; "
-                         "use device='cpu' or 'auto'")
+        given, cpu, auto = (f"--device {device}", "--device cpu", "--device auto") if option \
+            else (f"device={str(device)!r}", "device='cpu'", "device='auto'")
+        raise InputError(f"{given}: CUDA is not available here (torch {torch.__version__}). Use "
+                         f"{cpu}, or {auto} to take a GPU only when there is one.")
     return dev
 
 
