@@ -379,9 +379,14 @@ class MultinomialVAEModule(LowRankDecoder):
         return LossTerms(reconstruction=recon, kl=kl)
 
 
-    def forward(self, counts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-sample negative ELBO (nats), shape (B,)."""
-        return self.loss(counts, generator=generator).negative_elbo()
+    def forward(self, counts, generator: torch.Generator | None = None) -> LossTerms:
+        """Per-sample ELBO terms of a batch: :meth:`loss` with the configured estimator.
+
+        The training loop calls the module (this method), so that DistributedDataParallel,
+        which synchronises gradients only for what goes through ``forward``, sees every step;
+        ``.negative_elbo(kl_weight)`` of the result is the per-sample loss, shape (B,).
+        """
+        return self.loss(counts, generator=generator)
 
 
 def resolve_reconstruction(name: str, objective: str, sparse: bool) -> str:
