@@ -12,11 +12,10 @@ would fuse, or of the model itself. It writes the default model's loss in plain 
 - multinomial log-likelihood x.l - N logsumexp(l);
 - KL to N(b, W W^T + s2 I) by Woodbury and the determinant lemma (k = 10),
 
-trains it with fused Adam (batch 128, one thread, freed buffers kept in the heap as mvae's loop
-does), once eagerly and once through ``torch.compile`` (inductor; needs a C++ compiler), and
-prints the CPU milliseconds per step of each beside the reference's, round by round. It is a
-prototype for the measurement only: no pseudocount centring, no skip of y's row mean, no
-gradient clipping.
+trains it with fused Adam (batch 128, one thread, as mvae's loop does), once eagerly and once
+through ``torch.compile`` (inductor; needs a C++ compiler), and prints the CPU milliseconds per
+step of each beside the reference's, round by round. It is a prototype for the measurement only:
+no pseudocount centring, no skip of y's row mean, no gradient clipping.
 
     python benchmarks/compiled_prototype.py               # eager and compiled, 3 rounds
     python benchmarks/compiled_prototype.py --no-compile  # eager only (no compiler needed)
@@ -97,8 +96,6 @@ def main(D: int = 2_000, steps: int = 32, rounds: int = 3, compile_: bool = True
     import torch
     from torch import nn
 
-    from mvae.training.loop import reuse_freed_memory
-
     torch.set_num_threads(1)
     dense = torch.as_tensor(make_counts(4096, D, None).toarray(), dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)
@@ -118,20 +115,19 @@ def main(D: int = 2_000, steps: int = 32, rounds: int = 3, compile_: bool = True
         return (time.process_time() - t0) / steps * 1e3
 
     rows = []
-    with reuse_freed_memory():
-        train(eager.loss, eager, dense, 2, gen)  # warm-up
-        for r in range(rounds):
-            enc = nn.Sequential(nn.Linear(D, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2 * K))
-            dec = nn.Linear(K, D)
-            opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3, fused=True)
-            row = dict(round=r, reference=cpu_ms(
-                lambda: _reference_epochs(dense, enc, dec, opt, gen, 1, steps)))
-            for name, (fn, module) in variants.items():
-                row[name] = cpu_ms(lambda: train(fn, module, dense, steps, gen))
-            rows.append(row)
-            print(f"round {r}: ms per step reference {row['reference']:.2f}, " + ", ".join(
-                f"{name} {row[name]:.2f} ({row['reference'] / row[name]:.2f}x)"
-                for name in variants), flush=True)
+    train(eager.loss, eager, dense, 2, gen)  # warm-up
+    for r in range(rounds):
+        enc = nn.Sequential(nn.Linear(D, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2 * K))
+        dec = nn.Linear(K, D)
+        opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3, fused=True)
+        row = dict(round=r, reference=cpu_ms(
+            lambda: _reference_epochs(dense, enc, dec, opt, gen, 1, steps)))
+        for name, (fn, module) in variants.items():
+            row[name] = cpu_ms(lambda: train(fn, module, dense, steps, gen))
+        rows.append(row)
+        print(f"round {r}: ms per step reference {row['reference']:.2f}, " + ", ".join(
+            f"{name} {row[name]:.2f} ({row['reference'] / row[name]:.2f}x)"
+            for name in variants), flush=True)
     return rows
 
 

@@ -86,7 +86,7 @@ def run(variants: dict[str, dict], case, steps: int = 8, rounds: int = 8,
     import torch
 
     from mvae.training.batches import CountData
-    from mvae.training.loop import _adam, _clip_gradients, reuse_freed_memory
+    from mvae.training.loop import _adam, _clip_gradients
 
     torch.set_num_threads(1)
     D, density, n, _ = case
@@ -117,12 +117,11 @@ def run(variants: dict[str, dict], case, steps: int = 8, rounds: int = 8,
             return time.process_time() - t0
 
     names = list(variants)
-    with reuse_freed_memory():
-        for name in names:
-            block(name, 3)  # warm-up: first-call set-up and lazy allocations
-        for r in range(rounds):
-            for name in (names if r % 2 == 0 else names[::-1]):
-                state[name]["times"].append(block(name, steps) / steps * 1e3)
+    for name in names:
+        block(name, 3)  # warm-up: first-call set-up and lazy allocations
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            state[name]["times"].append(block(name, steps) / steps * 1e3)
     base = np.array(state[names[0]]["times"])
     rows = []
     for name in names:

@@ -66,14 +66,10 @@ def make_counts(n, D, density, seed=0):
 
 def run_reference(X, epochs, seed=0, tuned=False, device="cpu"):
     """The plain-torch loop; ``tuned`` gives it what mvae's loop has beyond plain torch (fused
-    Adam, freed buffers kept in the heap), so that the ratio measures the model's work.
+    Adam), so that the ratio measures the model's work.
     ``device``: where it trains (``benchmarks/device_throughput.py`` runs it on a GPU)."""
-    import contextlib
-
     import torch
     from torch import nn
-
-    from mvae.training.loop import reuse_freed_memory
 
     torch.manual_seed(seed)
     n, D = X.shape
@@ -85,8 +81,7 @@ def run_reference(X, epochs, seed=0, tuned=False, device="cpu"):
     gen = torch.Generator(device=device).manual_seed(seed)
     steps = n // BATCH
     t_cpu, t_wall = time.process_time(), time.perf_counter()
-    with reuse_freed_memory() if tuned else contextlib.nullcontext():
-        _reference_epochs(dense, enc, dec, opt, gen, epochs, steps)
+    _reference_epochs(dense, enc, dec, opt, gen, epochs, steps)
     _synchronise(device)
     cpu, wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
     return steps * BATCH * epochs, cpu, wall

@@ -393,9 +393,11 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
         _check_streamable(table, orientation)
     max_bytes = chunk_mb * 2**20
     if distributed:
-        from .training.distributed import init_from_env, is_writer
+        from .training.distributed import is_writer, process_group
 
-        init_from_env(device)
+        # joined until the command returns; leaving it then (not at interpreter exit) lets the
+        # backend's threads end while Python still runs
+        ctx.with_resource(process_group(device))
         if not is_writer():  # other ranks train their shard and write nothing
             quiet = True
             shared = dict(checkpoint=outdir.parent / (outdir.name + ".checkpoint.pt"),

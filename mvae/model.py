@@ -429,7 +429,7 @@ class MultinomialVAE:
         """Build the module, initialise it from the training data and run the training loop."""
         import torch
 
-        from .training.distributed import current
+
         from .counts import MultinomialVAEModule, MVAEConfig
         from .training.loop import TrainConfig, train_module
 
@@ -449,10 +449,7 @@ class MultinomialVAE:
             n_train = len(train_data) if n_pca_source is None else int(n_pca_source)
             if self.init == "pca":
                 _pca_initialise(module, n_train, pca_rows, rng)
-            module.to(device)
-            info = current()
-            if info is not None:  # every rank starts from rank 0's weights, as DDP does
-                info.broadcast_module(module)
+            module.to(device)  # distributed: DDP in train_module gives every rank rank 0's weights
             max_epochs, patience = _epoch_budget(n_train, int(self.batch_size),
                                                  self.max_epochs, self.patience)
             tconf = TrainConfig(max_epochs=max_epochs, batch_size=int(self.batch_size),

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvae.io.tables import write_biom
+from mvae.io import write_biom
 from mvae.evaluation.metrics import embedding_r2
+from mvae.counts.module import OBJECTIVES
 from mvae.evaluation.simulate import simulate
 
 
@@ -84,50 +85,79 @@ def test_distributed_without_torchrun_is_a_clear_error(table, tmp_path):
     assert r.returncode == 2 and "torchrun" in r.stderr
 
 
-RESUME_SCRIPT = r'''
+RESUME_SCRIPT = r"""
 import json, sys
 import torch
+import torch.nn.parallel
 from mvae.training.batches import CountData
-from mvae.training.distributed import init_from_env
+from mvae.training.distributed import process_group
 from mvae.counts import MultinomialVAEModule, MVAEConfig
 from mvae.evaluation.simulate import simulate
 from mvae.training.loop import TrainConfig, train_module
 
+wrapped = []  # the modules train_module wrapped in DistributedDataParallel
+DDP = torch.nn.parallel.DistributedDataParallel
+
+
+class Counting(DDP):
+    def __init__(self, module, *args, **kwargs):
+        wrapped.append(type(module).__name__)
+        super().__init__(module, *args, **kwargs)
+
+
+torch.nn.parallel.DistributedDataParallel = Counting
 out = sys.argv[1]
-info = init_from_env("cpu")
 torch.set_num_threads(1)
 sim = simulate(256, 20, 2, depth=500, random_state=1)
 data = CountData(sim.counts)
 
+
 class Crash(Exception):
     pass
+
 
 def crash(epoch, step):
     if epoch == 3 and step == 1:
         raise Crash()
 
+
 def module():
     torch.manual_seed(0)
     return MultinomialVAEModule(MVAEConfig(n_features=20, n_latent=2, n_hidden=8))
 
+
+def state(m):
+    return torch.cat([t.detach().reshape(-1) for t in [*m.parameters(), *m.buffers()]]).tolist()
+
+
 conf = dict(batch_size=32, early_stopping=False, seed=4)
-try:
-    train_module(module(), data, None, TrainConfig(max_epochs=4, **conf),
-                 checkpoint_path=out + "/ck.pt", checkpoint_every=1, fingerprint="f",
-                 handle_signals=False, on_step=crash)
-except Crash:
-    pass
-m = module()
-h = train_module(m, data, None, TrainConfig(max_epochs=4, **conf), checkpoint_path=out + "/ck.pt",
-                 fingerprint="f", resume=True, handle_signals=False)
-flat = torch.cat([p.detach().reshape(-1) for p in m.parameters()])
-json.dump({"epochs": h.epoch, "params": flat.tolist()}, open(f"{out}/rank{info.rank}.json", "w"))
-'''
+with process_group("cpu") as info:
+    try:
+        train_module(module(), data, None, TrainConfig(max_epochs=4, **conf),
+                     checkpoint_path=out + "/ck.pt", checkpoint_every=1, fingerprint="f",
+                     handle_signals=False, on_step=crash)
+    except Crash:
+        pass
+    m = module()
+    h = train_module(m, data, None, TrainConfig(max_epochs=4, **conf),
+                     checkpoint_path=out + "/ck.pt", fingerprint="f", resume=True,
+                     handle_signals=False)
+    # rank 1 starts from other weights and input centring: training starts from rank 0's
+    other = module()
+    if info.rank == 1:
+        with torch.no_grad():
+            other.encoder.input_layer.centre.add_(1.0)
+            other.mean_head.weight.mul_(3.0)
+    train_module(other, data, None, TrainConfig(max_epochs=1, **conf), handle_signals=False)
+json.dump({"epochs": h.epoch, "params": state(m), "other": state(other), "wrapped": wrapped},
+          open(f"{out}/rank{info.rank}.json", "w"))
+"""
 
 
 def test_two_ranks_resume_from_rank_0s_checkpoint(tmp_path):
-    """Every rank resumes from the checkpoint rank 0 wrote; before, the other ranks started
-    afresh and the all-reduces no longer matched."""
+    """Every rank resumes from the checkpoint rank 0 wrote (before, the other ranks started
+    afresh and the all-reduces no longer matched); training goes through DistributedDataParallel,
+    which starts every rank from rank 0's parameters and buffers."""
     script = tmp_path / "resume.py"
     script.write_text(RESUME_SCRIPT)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
@@ -140,33 +170,54 @@ def test_two_ranks_resume_from_rank_0s_checkpoint(tmp_path):
     assert ranks[0]["epochs"] == ranks[1]["epochs"] == [1, 2, 3, 4]
     # averaged gradients and the same loaded optimiser state: identical parameters on both ranks
     np.testing.assert_array_equal(ranks[0]["params"], ranks[1]["params"])
+    # rank 1's own weights and centring were replaced by rank 0's when training began
+    np.testing.assert_array_equal(ranks[0]["other"], ranks[1]["other"])
+    # the crashed fit, the resumed one and the third: each wrapped its module once
+    assert ranks[0]["wrapped"] == ranks[1]["wrapped"] == ["MultinomialVAEModule"] * 3
 
 
-def test_collectives_keep_their_last_tensor_referenced_without_its_memory():
-    """The recent collectives' tensors stay referenced from Python (so that a gloo worker thread
-    releasing it never needs the GIL at exit; see mvae.training.distributed._RECENT), the gradient buffer's
-    memory is freed all the same, and the values are right: a one-rank gloo group in this
-    process, each gradient its own mean."""
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("sparse", [False, True])
+def test_every_parameter_gets_a_gradient(objective, sparse):
+    """DistributedDataParallel runs without find_unused_parameters (mvae.training.loop._data_parallel):
+    that needs every trainable parameter to get a gradient at every step, for each objective,
+    on dense and on sparse batches."""
+    import scipy.sparse as sp
     import torch
+
+    from mvae.training.batches import CountData
+    from mvae.counts import MultinomialVAEModule, MVAEConfig
+
+    sim = simulate(64, 30, 3, depth=300, random_state=0)
+    data = CountData(sp.csr_matrix(sim.counts) if sparse else sim.counts, sparse=sparse)
+    torch.manual_seed(0)
+    module = MultinomialVAEModule(MVAEConfig(n_features=30, n_latent=3, n_hidden=8,
+                                             objective=objective))
+    batch = data.batch(torch.arange(32))
+    assert batch.counts.is_sparse == sparse
+    module(batch, generator=torch.Generator().manual_seed(0)).negative_elbo().mean().backward()
+    assert [n for n, p in module.named_parameters() if p.grad is None] == []
+
+
+def test_process_group_joins_and_leaves(monkeypatch):
+    """process_group joins the group the environment describes and destroys it on leaving the
+    block; a group that was already initialised is used and left in place."""
     import torch.distributed as dist
 
-    from mvae.training import distributed
-    from mvae.training.distributed import DistInfo
+    from mvae.training.distributed import current, process_group
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
-                            world_size=1)
+    for name, value in dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(_free_port())).items():
+        monkeypatch.setenv(name, value)
+    assert not dist.is_initialized()
+    with process_group("cpu") as info:
+        assert dist.is_initialized() and dist.get_backend() == "gloo"
+        assert info is None and current() is None  # a group of one is not distributed
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo")
     try:
-        module = torch.nn.Linear(3, 2)
-        module(torch.ones(4, 3)).sum().backward()
-        want = [p.grad.clone() for p in module.parameters()]
-        DistInfo(0, 1).average_gradients(module)
-        for p, w in zip(module.parameters(), want):
-            assert torch.equal(p.grad, w)
-        kept = distributed._RECENT[-1]
-        assert kept.numel() == 0  # referenced, but its storage is gone
-        out = DistInfo(0, 1).sum(np.array([1.5, 2.0]))
-        np.testing.assert_array_equal(out, [1.5, 2.0])
-        assert distributed._RECENT[-1] is not kept and distributed._RECENT[-2] is kept
+        with process_group("cpu"):
+            assert dist.is_initialized()
+        assert dist.is_initialized()
     finally:
         dist.destroy_process_group()
-        distributed._RECENT.clear()

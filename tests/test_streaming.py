@@ -285,6 +285,29 @@ def test_not_a_streamable_table(tmp_path, X):
         StreamingCounts(tmp_path / "missing.biom")
 
 
+def test_an_h5ad_layer_is_streamed_instead_of_x(X, tmp_path):
+    """layer="counts" reads layers/counts (CSR); X, here another matrix, is not touched."""
+    path = tmp_path / "layers.h5ad"
+    adata = anndata.AnnData(X=sp.csr_matrix(X[:200].shape, dtype=np.float32),
+                            layers={"counts": sp.csr_matrix(X[:200])})
+    adata.obs_names, adata.var_names = SAMPLE_IDS[:200], FEATURE_IDS
+    adata.write_h5ad(path)
+    with StreamingCounts(path, layer="counts", chunk_rows=16) as data:
+        assert data.n_chunks == 13
+        np.testing.assert_array_equal(data.to_csr().toarray(), X[:200].toarray())
+        assert data.sample_ids == SAMPLE_IDS[:200]
+    with pytest.raises(InputError, match=r"layers\.h5ad: no 'layers/other'"):
+        StreamingCounts(path, layer="other")
+
+
+def test_a_column_compressed_h5ad_is_a_clear_error(X, tmp_path):
+    path = tmp_path / "csc.h5ad"
+    anndata.AnnData(X=sp.csc_matrix(X[:20])).write_h5ad(path)
+    with pytest.raises(InputError, match=r"csc\.h5ad: X is stored as csc_matrix; streaming needs "
+                                         "CSR rows"):
+        StreamingCounts(path)
+
+
 def test_bad_arguments(files):
     with pytest.raises(InputError, match=r"rows must lie in \[0, 3000\)"):
         StreamingCounts(files["biom"], rows=[0, 3000])

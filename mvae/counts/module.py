@@ -340,9 +340,14 @@ class MultinomialVAEModule(LowRankDecoder):
         recon = gaussian_multinomial_log_prob(mean, std, eps, counts, log_const).mean(0)  # (B,)
         return LossTerms(reconstruction=recon, kl=kl_normal_standard(post.mean, post.log_var))
 
-    def forward(self, counts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-sample negative ELBO (nats), shape (B,)."""
-        return self.loss(counts, generator=generator).negative_elbo()
+    def forward(self, counts, generator: torch.Generator | None = None) -> LossTerms:
+        """Per-sample ELBO terms of a batch: :meth:`loss` with the configured estimator.
+
+        The training loop calls the module (this method), so that DistributedDataParallel,
+        which synchronises gradients only for what goes through ``forward``, sees every step;
+        ``.negative_elbo(kl_weight)`` of the result is the per-sample loss, shape (B,).
+        """
+        return self.loss(counts, generator=generator)
 
 
 def _add_per_feature(out: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -261,9 +261,9 @@ class NonAmortisedModule(LowRankDecoder):
                                               batch.log_const).mean(0)  # (S, B) -> (B,)
         return LossTerms(reconstruction=recon, kl=kl)
 
-    def forward(self, batch: IndexedCounts, generator: torch.Generator | None = None):
-        """Per-sample negative ELBO (nats), shape (B,)."""
-        return self.loss(batch, generator=generator).negative_elbo()
+    def forward(self, batch: IndexedCounts, generator: torch.Generator | None = None) -> LossTerms:
+        """Per-sample ELBO terms (:meth:`loss`); the training loop calls this."""
+        return self.loss(batch, generator=generator)
 
 
 def heldout_negative_elbo(decoder: nn.Module, counts, *, max_steps: int = 1500,

@@ -439,6 +439,11 @@ class _ConvBase(nn.Module):
             self.decoder.pixel_bias[:C].copy_(mean)
             self.decoder.pixel_bias[C:].fill_(-2.3)
 
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> LossTerms:
+        """Per-image loss terms, ``loss(x, generator)``: what the training loop calls
+        (``.negative_elbo()`` of it is the per-image negative β-ELBO, shape (B,))."""
+        return self.loss(x, generator=generator)
+
     def prepare(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """The training target: x, or a fresh binary draw when ``binarize`` is on."""
         return _binarized(x, generator) if self.config.binarize else x
@@ -489,10 +494,6 @@ class ConvVAEModule(_ConvBase):
         kl = kl_normal_standard(post.mean, post.log_var)  # (B,)
         weight = self.config.beta if beta is None else beta
         return LossTerms(reconstruction=recon.reshape(S, B).mean(0), kl=weight * kl)
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-image negative β-ELBO (nats), shape (B,)."""
-        return self.loss(x, generator=generator).negative_elbo()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Posterior means E[z | x], shape (B, k)."""

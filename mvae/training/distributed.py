@@ -5,44 +5,29 @@ Launch with ``torchrun`` (which sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PO
     torchrun --nproc_per_node=2 -m mvae fit table.biom -o results --distributed
 
 Every rank holds the same model and draws the same shuffled order of samples; each takes the
-rows ``rank::world`` of every global minibatch, computes its gradient, and the gradients are
-averaged with one all-reduce per step (gloo on CPU, nccl on GPU), so all ranks take identical
-optimiser steps. With equal shards the averaged gradient is the gradient of the global batch
-mean, as in a single-process run with the same global batch; the Monte Carlo noise differs per
-rank, so results agree to within that noise, not bitwise. Rank 0 alone writes checkpoints and
-outputs.
+rows ``rank::world`` of every global minibatch (or, for a streamed table, its own block of rows).
+The training loop (:func:`mvae.training.loop.train_module`) wraps the module in
+:class:`torch.nn.parallel.DistributedDataParallel`: it copies rank 0's parameters and buffers to
+every rank when training starts and averages the gradients over the ranks during each backward
+pass (gloo on CPU, nccl on GPU), so all ranks take identical optimiser steps. With equal shards the
+averaged gradient is the gradient of the global batch mean, as in a single-process run with the
+same global batch; the Monte Carlo noise differs per rank, so results agree to within that noise,
+not bitwise. Rank 0 alone writes checkpoints and outputs.
 
-We average gradients by hand rather than wrapping the module in DistributedDataParallel because
-the training loop calls ``module.loss`` (DDP only synchronises inside ``forward``); one flattened
-all-reduce per step is what DDP's bucketing does for a model of this size.
+This module joins and leaves the process group (:func:`process_group`), says where this process
+stands in it (:func:`current`, :func:`is_writer`) and adds up what a streamed fit reads before
+training (:class:`DistInfo`).
 """
 
 from __future__ import annotations
 
-import atexit
-import collections
+import contextlib
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DistInfo", "current", "init_from_env", "is_writer"]
-
-# The tensors of the recent collectives, kept referenced from Python past the interpreter's end.
-# A gloo worker thread can hold a finished collective's work, with its tensors, until the group's
-# teardown; after destroy_process_group the group (and its workers) can outlive the interpreter
-# (creating any torch optimiser in the process kept it alive here), so a worker may drop a work
-# only at exit. If Python had dropped that tensor, the drop must take the GIL, the worker thread
-# is torn down inside a destructor and the process aborts ("terminate called without an active
-# exception", SIGABRT, after every output was written: 7 of ~200 runs of
-# test_two_ranks_resume_from_rank_0s_checkpoint's script; the core dump showed
-# ProcessGroupGloo::runLoop -> ~AsyncAllreduceWork -> decref_pyobject -> take_gil ->
-# pthread_exit; holding only the last tensor did not help, 2 of ~40). A tensor that Python still
-# references needs no GIL to be dropped by a worker: the last 64 are held here (the gradient
-# buffers emptied, so they cost no memory) and leaked at exit by _leave_process_group (0 aborts
-# in 100 runs); older ones are dropped while training goes on, when a worker taking the GIL is
-# harmless.
-_RECENT: collections.deque = collections.deque(maxlen=64)
+__all__ = ["DistInfo", "current", "is_writer", "process_group"]
 
 
 @dataclass(frozen=True)
@@ -51,24 +36,6 @@ class DistInfo:
 
     rank: int
     world: int
-
-    def average_gradients(self, module) -> None:
-        """Replace every parameter's gradient by its mean over the ranks (one all-reduce)."""
-        import torch
-        import torch.distributed as dist
-
-        params = [p for p in module.parameters() if p.requires_grad]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        _RECENT.append(flat)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.world
-        offset = 0
-        for p, g in zip(params, grads):
-            size = g.numel()
-            p.grad = flat[offset:offset + size].view_as(p).clone()
-            offset += size
-        flat.set_()  # its memory is freed now; the (empty) tensor stays in _RECENT
 
     def average(self, values: np.ndarray) -> np.ndarray:
         """Mean over the ranks of a small float array (every rank gets the result)."""
@@ -80,18 +47,8 @@ class DistInfo:
         import torch.distributed as dist
 
         t = torch.as_tensor(np.array(values, dtype=np.float64))
-        _RECENT.append(t)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.numpy()
-
-    def broadcast_module(self, module) -> None:
-        """Give every rank rank 0's parameters and buffers (as DDP does when it wraps a model)."""
-        import torch.distributed as dist
-
-        for t in [*module.parameters(), *module.buffers()]:
-            data = t.data
-            _RECENT.append(data)
-            dist.broadcast(data, src=0)
 
     def scan(self, stream):
         """:meth:`StreamingCounts.scan` of the whole of ``stream``, each rank reading only its own
@@ -135,42 +92,35 @@ def current() -> DistInfo | None:
     return DistInfo(dist.get_rank(), world) if world > 1 else None
 
 
-def init_from_env(device: str = "cpu") -> DistInfo | None:
-    """Join the process group torchrun describes in the environment (no-op when already joined).
+@contextlib.contextmanager
+def process_group(device: str = "cpu"):
+    """Join the process group torchrun describes for the duration of a ``with`` block.
 
-    Returns this rank's :class:`DistInfo` (None for a group of one); raises InputError when the
-    environment names no process group (not launched by torchrun).
+    Yields this rank's :class:`DistInfo` (None for a group of one). On leaving the block the group
+    is destroyed (``torch.distributed.destroy_process_group``) if this call created it, so the
+    backend's threads end while the interpreter is still running; a group that was already
+    initialised is used as it is and left alone.
+
+    Raises
+    ------
+    InputError
+        When the environment names no process group (not launched by torchrun).
     """
     import torch.distributed as dist
 
     from ..errors import InputError
 
+    if dist.is_available() and dist.is_initialized():
+        yield current()
+        return
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         raise InputError("--distributed needs to be launched by torchrun (RANK and WORLD_SIZE are "
                          "not set); e.g. torchrun --nproc_per_node=2 -m mvae fit ...")
-    if not dist.is_initialized():
-        backend = "nccl" if str(device).startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
-        # leave the group before the interpreter tears down, and keep the collectives' recent
-        # tensors alive past it: leaving alone did not stop the abort at exit (see _RECENT)
-        atexit.register(_leave_process_group)
-    return current()
-
-
-def _leave_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    # a deliberate leak of at most 64 small or emptied tensors: they must outlive the
-    # interpreter's teardown, during which a gloo worker may still drop them (see _RECENT)
+    dist.init_process_group(backend="nccl" if str(device).startswith("cuda") else "gloo")
     try:
-        import ctypes
-
-        for t in _RECENT:
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(t))
-    except (ImportError, AttributeError):  # not CPython: nothing to keep alive this way
-        pass
+        yield current()
+    finally:
+        dist.destroy_process_group()
 
 
 def is_writer() -> bool:

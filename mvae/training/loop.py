@@ -1,13 +1,18 @@
 """One training loop for every mvae module.
 
-A module is trainable here if it has ``loss(batch, generator=...) -> LossTerms`` returning per-sample
-``reconstruction`` and ``kl`` tensors; data comes from any object with ``len()`` and
-``batch(index) -> Tensor`` (see :class:`mvae.training.batches.CountData`). The loop knows nothing of AnnData,
-files or the command line.
+A module is trainable here if calling it, ``module(batch, generator=...)`` (its ``forward``),
+returns a :class:`~mvae.counts.LossTerms` of per-sample ``reconstruction`` and ``kl`` tensors, and
+``module.loss(batch, generator=...)`` does the same (validation calls it); data comes from any object
+with ``len()`` and ``batch(index) -> Tensor`` (see :class:`mvae.training.batches.CountData`). The loop knows
+nothing of AnnData, files or the command line.
 
 What it does: shuffled minibatches from a seeded generator, Adam, KL warm-up, gradient clipping that
 raises on a non-finite gradient, a per-step finiteness check of the loss, validation after every
 epoch with fixed noise, early stopping that restores the best weights, and an optional progress bar.
+Under ``torch.distributed`` (a process group of more than one rank, e.g. launched by ``torchrun``)
+the module is wrapped in :class:`torch.nn.parallel.DistributedDataParallel`, which starts every
+rank from rank 0's parameters and buffers and averages the gradients over the ranks during the
+backward pass (see :mod:`mvae.training.distributed`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 from ..errors import TrainingError
 
 __all__ = ["TrainConfig", "History", "train_module", "torch_threads", "default_threads",
-           "resolve_device", "reuse_freed_memory"]
+           "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -111,45 +116,6 @@ def torch_threads(n: int | None):
             yield
         finally:
             torch.set_num_threads(previous)
-
-
-@contextlib.contextmanager
-def reuse_freed_memory():
-    """Keep freed buffers in the C heap while a block runs (glibc only; elsewhere a no-op), then
-    give memory back to the system as before.
-
-    A training step allocates and frees a few (B, D) buffers: 10 MB each at D = 20,000. glibc
-    returns such blocks to the system when they are freed, so every step pays a page fault per
-    4 KiB page to get them back: measured 8,640 minor faults per step at D = 20,000 (the
-    ``factored`` posterior, batch 128), 125 with this (time per step 94 -> 83 ms). Blocks above
-    glibc's largest mmap threshold (32 MiB: the (B, D) and (D, 128) buffers at D = 100,000) are
-    always mapped afresh, so while the block runs new mappings are switched off altogether
-    (``M_MMAP_MAX`` = 0) and every allocation comes from the heap: at D = 100,000 ~37,000 →
-    ~9,000–15,000 faults per step and ~0.9× the step time (three alternating runs each).
-
-    The settings are process-wide. On exit mmap and the trim threshold are back at glibc's
-    defaults and free memory is returned (``malloc_trim``); the mmap threshold stays at 32 MiB,
-    the ceiling glibc's own adaptive threshold would reach. Numbers are unaffected (a test checks
-    it)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        yield
-        return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
-    tuned = bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(M_TRIM_THRESHOLD, 2**30))
-    no_mmap = tuned and bool(mallopt(M_MMAP_MAX, 0))
-    try:
-        yield
-    finally:
-        if no_mmap:
-            mallopt(M_MMAP_MAX, 65536)  # glibc's default
-        if tuned:
-            mallopt(M_TRIM_THRESHOLD, 128 * 1024)  # glibc's default trim threshold
-            malloc_trim(0)
 
 
 def resolve_device(device: str | torch.device, *, option: bool = False) -> torch.device:
@@ -262,6 +228,21 @@ def _clip_gradients(params: list[torch.Tensor], max_norm: float) -> bool:
     return True
 
 
+def _data_parallel(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` wrapped in DistributedDataParallel over the current process group.
+
+    Every parameter gets a gradient at every step (tests/test_distributed.py checks each
+    objective on dense and sparse batches), so DDP need not search the graph for unused ones.
+    The buffers (the encoder's input centre and scale) are set before training and never change:
+    DDP copies rank 0's once, at construction, not before every forward. ``device_ids`` stays
+    None: the module and its batches are already on this rank's device.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, find_unused_parameters=False,
+                                   forward_sync_buffers=False)
+
+
 def train_module(module: torch.nn.Module, train_data, validation_data=None,
                  config: TrainConfig = TrainConfig(), *, checkpoint_path=None,
                  checkpoint_every: int = 0, fingerprint: str = "", resume: bool = False,
@@ -271,7 +252,9 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
     Parameters
     ----------
     module : torch.nn.Module
-        Has ``loss(batch, generator=...)`` returning per-sample LossTerms.
+        ``module(batch, generator=...)`` and ``module.loss(batch, generator=...)`` return
+        per-sample LossTerms. Under ``torch.distributed`` every parameter that requires a
+        gradient must get one at every step (see :func:`_data_parallel`).
     train_data, validation_data
         Objects with ``len()``, ``device``, ``batch(index)`` and ``chunks(size)``.
     config : TrainConfig
@@ -405,7 +388,10 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
                    leave=False)
     module.train()
     stopped = False
-    with _SignalFlag(handle_signals) as flag, reuse_freed_memory():
+    # under torch.distributed, DDP broadcasts rank 0's parameters and buffers here and averages
+    # the gradients in every backward pass; each step calls the wrapper (the module's forward)
+    model = _data_parallel(module) if dist is not None else module
+    with _SignalFlag(handle_signals) as flag:
         for epoch in range(start_epoch, config.max_epochs):
             t0 = time.perf_counter()
             w = _kl_weight(epoch, config.kl_warmup_epochs)
@@ -419,15 +405,13 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
                 if dist is not None and not sharded:  # this rank's share of the global batch
                     index = index[dist.rank::dist.world]
                 batch = train_data.batch(index)
-                terms = module.loss(batch, generator=gen)
+                terms = model(batch, generator=gen)
                 loss = terms.negative_elbo(w).mean()
                 if not torch.isfinite(loss):
                     raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, step "
                                         f"{step + 1}; try a lower learning rate")
                 optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                if dist is not None:
-                    dist.average_gradients(module)
+                loss.backward()  # under DDP the gradients are averaged over the ranks here
                 if not _clip_gradients(trainable, config.max_grad_norm):
                     raise TrainingError(f"a non-finite gradient appeared at epoch {epoch + 1}, "
                                         f"step {step + 1}; try a lower learning rate")
