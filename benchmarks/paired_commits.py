@@ -35,11 +35,14 @@ torch.set_num_threads(1)
 import mvae
 try:  # the layout after the consolidation
     from mvae.counts import MultinomialVAEModule, MVAEConfig
+    from mvae.io.sources import InMemoryCounts
     from mvae.training.batches import CountData
+    def input_statistics(X, c):
+        return InMemoryCounts(X, range(X.shape[0]), range(X.shape[1])).input_statistics(c)
 except ImportError:  # mvae 0.1.0
     from mvae.modules import MultinomialVAEModule, MVAEConfig
     from mvae.data import CountData
-from mvae.model import _input_statistics as input_statistics
+    from mvae.model import _input_statistics as input_statistics
 D, density, n, steps = {D}, {density}, {n}, {steps}
 X = make_counts(n, D, density)
 torch.manual_seed(0)

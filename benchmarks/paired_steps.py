@@ -48,7 +48,7 @@ def parse_variant(text: str) -> dict:
 def _module(X, overrides: dict):
     import torch
 
-    from mvae.model import _input_statistics
+    from mvae.io.sources import InMemoryCounts
     from mvae.counts import MultinomialVAEModule, MVAEConfig
 
     torch.manual_seed(0)
@@ -56,7 +56,8 @@ def _module(X, overrides: dict):
     cfg = MVAEConfig(**(dict(n_features=D, n_latent=K, n_hidden=HIDDEN, encoder_depth=2)
                         | overrides))
     module = MultinomialVAEModule(cfg)
-    pooled, centre, scale = _input_statistics(X, 1.0)
+    table = InMemoryCounts(X, range(X.shape[0]), range(X.shape[1]))
+    pooled, centre, scale = table.input_statistics(1.0)
     module.initialise_from_data(torch.as_tensor(pooled, dtype=torch.float32),
                                 torch.as_tensor(centre, dtype=torch.float32), scale)
     module.train()

@@ -114,7 +114,7 @@ def run_mvae(X, epochs, objective, seed=0, device="cpu"):
     import torch
 
     from mvae.training.batches import CountData
-    from mvae.model import _input_statistics
+    from mvae.io.sources import InMemoryCounts
     from mvae.counts import MultinomialVAEModule, MVAEConfig
     from mvae.training.loop import TrainConfig, train_module
 
@@ -123,7 +123,8 @@ def run_mvae(X, epochs, objective, seed=0, device="cpu"):
     cfg = MVAEConfig(n_features=D, n_latent=K, n_hidden=HIDDEN, encoder_depth=2,
                      objective=objective)
     module = MultinomialVAEModule(cfg)
-    pooled, centre, scale = _input_statistics(X, 1.0)
+    table = InMemoryCounts(X, range(X.shape[0]), range(X.shape[1]))
+    pooled, centre, scale = table.input_statistics(1.0)
     module.initialise_from_data(torch.as_tensor(pooled, dtype=torch.float32),
                                 torch.as_tensor(centre, dtype=torch.float32), scale)
     module.to(device)

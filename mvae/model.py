@@ -256,15 +256,16 @@ class MultinomialVAE:
     # ------------------------------------------------------------------ fit
     def fit(self, X, *, layer: str | None = None, checkpoint=None, checkpoint_every: int = 0,
             resume: bool = False) -> "MultinomialVAE":
-        """Fit the model to a count table.
+        """Fit the model to a count table, in memory or streamed from disk.
 
         Parameters
         ----------
-        X : AnnData, numpy.ndarray, scipy.sparse matrix or pandas.DataFrame, shape (n, D)
-            Raw counts, samples as rows. For AnnData, ``layer`` picks the counts (default X); the
-            embeddings are written to ``obsm["X_mvae"]``, clr loadings to ``varm["mvae_loadings"]``
-            and the settings to ``uns["mvae"]`` (rows of dropped all-zero samples/features are NaN).
-
+        X : AnnData, numpy.ndarray, scipy.sparse matrix, pandas.DataFrame or StreamingCounts
+            Raw counts, samples as rows, shape (n, D). For AnnData, ``layer`` picks the counts
+            (default X); the embeddings are written to ``obsm["X_mvae"]``, clr loadings to
+            ``varm["mvae_loadings"]`` and the settings to ``uns["mvae"]`` (rows of dropped
+            all-zero samples/features are NaN). A :class:`mvae.io.streaming.StreamingCounts` is
+            read chunk by chunk and never held in memory whole (see :meth:`fit_stream`).
         checkpoint : path, optional
             File for crash-safe checkpoints (written atomically; read back with
             ``weights_only=True``). Written every ``checkpoint_every`` epochs and on SIGTERM/SIGINT,
@@ -277,142 +278,106 @@ class MultinomialVAE:
         Returns
         -------
         self
+
+        Notes
+        -----
+        One pass over the table finds the all-zero samples and features (dropped, with a
+        warning), the depths and the largest count; a seeded split sets aside
+        ``validation_fraction`` of the samples; one pass over the training samples gives the
+        encoder's input conditioning and the decoder's starting bias; then the module is
+        initialised and trained. Under ``torch.distributed`` (``torchrun ... mvae fit
+        --distributed``) each rank reads only its own contiguous block of samples in both passes
+        and in training, and the sums are added up over the ranks.
         """
-        from .training.batches import CountData
-        from .training.loop import resolve_device, torch_threads
-        from .io.validation import check_counts, drop_empty
-
-        _check_fit_options(self, checkpoint, checkpoint_every, resume)
-        M, sample_ids, feature_ids = self._extract(X, layer)
-        M = check_counts(M, sample_ids=sample_ids, feature_ids=feature_ids)
-        n_in, d_in = M.shape
-        sample_ids = sample_ids or [f"sample{i}" for i in range(n_in)]
-        feature_ids = feature_ids or [f"feature{j}" for j in range(d_in)]
-        filtered = drop_empty(M, sample_ids, feature_ids)
-        counts = filtered.X
-        n, D = counts.shape
-        self._check_params(D)
-        _warn_about_counts(counts, filtered.sample_ids, filtered.feature_ids)
-        device = resolve_device(self.device)
-        seed = (int(self.random_state) if self.random_state is not None
-                else int(np.random.default_rng().integers(2**31 - 1)))
-        self.seed_ = seed
-        self._set_features(filtered.feature_ids, feature_ids, filtered.kept_feature_index,
-                           filtered.report())
-        rng = np.random.default_rng(seed)
-        n_valid = int(round(self.validation_fraction * n)) if n >= 10 else 0
-        perm = rng.permutation(n)
-        valid_idx, train_idx = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
-        self.validation_samples_ = [filtered.sample_ids[i] for i in valid_idx]
-        train_counts = counts[train_idx]
-        with torch_threads(self.threads):
-            self._train(
-                CountData(train_counts, device),
-                CountData(counts[valid_idx], device) if n_valid else None,
-                stats=_input_statistics(train_counts, float(self.pseudocount)),
-                pca_rows=lambda idx: train_counts[idx],
-                fingerprint=self._fingerprint(counts, filtered), rng=rng, device=device,
-                train_depths=np.asarray(train_counts.sum(axis=1)).ravel(),
-                checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
-        if _is_anndata(X):
-            self._write_anndata(X, counts, filtered)
-        return self
-
-    def fit_stream(self, path, *, layer: str | None = None, max_bytes: int = 256 * 2**20,
-                   checkpoint=None, checkpoint_every: int = 0,
-                   resume: bool = False) -> "MultinomialVAE":
-        """Fit to an HDF5 ``.biom`` or ``.h5ad`` table without loading it into memory.
-
-        Rows are read in chunks of about ``max_bytes`` (see :class:`mvae.io.streaming.StreamingCounts`),
-        shuffled chunk by chunk each epoch; one pass over the file finds the all-zero samples and
-        features, the depths and the input statistics. Memory is bounded by the chunk size plus
-        O(n + D) bookkeeping. Results are the same kind as :meth:`fit`'s but not bitwise equal to
-        it (the shuffle differs).
-
-        Under ``torch.distributed`` (e.g. ``torchrun ... mvae fit --stream --distributed``) each
-        rank reads only its own contiguous block of rows, in the scan, the input statistics and
-        training (see ``sharded`` in :func:`mvae.training.loop.train_module`); the sums are added up
-        over the ranks, so every rank starts from the same statistics and rank 0's initial
-        weights.
-        """
-        from .io.tables import sha256_file
+        from .io import is_streamed
+        from .io.sources import input_statistics, scan
+        from .io.validation import kept_after_dropping_empty
         from .training.distributed import current
-        from .io.streaming import StreamingCounts
         from .training.loop import resolve_device, torch_threads
-        from .io.validation import DroppedWarning
 
         _check_fit_options(self, checkpoint, checkpoint_every, resume)
+        source = self._source(X, layer)
         device = resolve_device(self.device)
         info = current()  # None unless distributed with more than one rank
-        with StreamingCounts(path, layer=layer, max_bytes=max_bytes) as whole:
-            scan = info.scan(whole) if info is not None else whole.scan()
-            all_samples, all_features = list(whole.sample_ids), list(whole.feature_ids)
-        rows = np.flatnonzero(scan.sample_nnz > 0)
-        feats = np.flatnonzero(scan.feature_nnz > 0)
-        dropped_s = [all_samples[i] for i in np.flatnonzero(scan.sample_nnz == 0)]
-        dropped_f = [all_features[j] for j in np.flatnonzero(scan.feature_nnz == 0)]
-        for kept, axis in ((rows, "samples"), (feats, "features")):
-            if len(kept) < 2:
-                raise InputError(f"{path}: fewer than 2 {axis} with any reads after dropping "
-                                 f"all-zero ones ({len(kept)} left)")
-        if dropped_s or dropped_f:
-            warnings.warn(f"dropped {len(dropped_s)} all-zero samples and {len(dropped_f)} "
-                          f"all-zero features", DroppedWarning, stacklevel=2)
-        data = StreamingCounts(path, rows=rows, features=feats, layer=layer,
-                               max_bytes=max_bytes, device=device)
-        n, D = len(data), data.n_features
-        self._check_params(D)
-        depths = scan.depths[rows]
-        from .training.batches import EXACT_DEPTH
-
-        if len(depths) and depths.max() > EXACT_DEPTH:  # streamed batches are float32 only
-            raise InputError(f"{path}: samples with more than {EXACT_DEPTH} reads (largest "
-                             f"{int(depths.max())}) need exact float64 sums, which streamed "
-                             "training does not have yet; fit the table in memory (drop "
-                             "--stream)")
-        sample_ids = [all_samples[i] for i in rows]
-        feature_ids = [all_features[j] for j in feats]
-        _warn_about_depths(depths, sample_ids)
-        seed = (int(self.random_state) if self.random_state is not None
-                else int(np.random.default_rng().integers(2**31 - 1)))
-        self.seed_ = seed
-        import pandas as pd
-
-        report = pd.DataFrame({"axis": ["sample"] * len(dropped_s) + ["feature"] * len(dropped_f),
-                               "id": dropped_s + dropped_f,
-                               "reason": "all-zero"})
-        self._set_features(feature_ids, all_features, feats, report)
-        rng = np.random.default_rng(seed)
+        whole = scan(source, info)
+        rows, feats, dropped_s, dropped_f = kept_after_dropping_empty(
+            whole.sample_nnz, whole.feature_nnz, source.sample_ids, source.feature_ids,
+            stacklevel=3)
+        data = source.select(rows, feats)
+        self._check_params(data.n_features)
+        depths = whole.depths[rows]
+        _check_depths(depths, data.sample_ids, streamed=is_streamed(source), name=source)
+        self.seed_ = (int(self.random_state) if self.random_state is not None
+                      else int(np.random.default_rng().integers(2**31 - 1)))
+        self._set_features(data.feature_ids, source.feature_ids, feats,
+                           _dropped_report(dropped_s, dropped_f))
+        rng = np.random.default_rng(self.seed_)
+        n = len(data)
         n_valid = int(round(self.validation_fraction * n)) if n >= 10 else 0
         perm = rng.permutation(n)
         valid_idx, train_idx = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
-        self.validation_samples_ = [sample_ids[i] for i in valid_idx]
+        self.validation_samples_ = [data.sample_ids[i] for i in valid_idx]
         train = data.subset(train_idx)
         valid = data.subset(valid_idx) if n_valid else None
-        fingerprint = self._fingerprint_parts(
-            [sha256_file(path).encode(), json.dumps([sample_ids, feature_ids]).encode()])
-        c = float(self.pseudocount)
         with torch_threads(self.threads):
-            stats = (info.input_statistics(train, c) if info is not None
-                     else train.input_statistics(c))
+            stats = input_statistics(train, float(self.pseudocount), info)
             local_train, local_valid = train, valid
             if info is not None:  # this rank's own rows from here on
                 if len(train) < info.world:
-                    raise InputError(f"{path}: {len(train)} training samples cannot be shared "
-                                     f"among {info.world} processes")
+                    raise InputError(f"{len(train)} training samples cannot be shared among "
+                                     f"{info.world} processes")
                 local_train = train.shard(info.rank, info.world)
                 if valid is not None:
                     local_valid = (valid.shard(info.rank, info.world, equal=False)
                                    if len(valid) >= info.world
                                    else (valid if info.rank == 0 else None))
-            self._train(local_train, local_valid, stats=stats,
+            self._train(local_train.on(device),
+                        None if local_valid is None else local_valid.on(device), stats=stats,
                         pca_rows=lambda idx: train.subset(idx).to_csr(),
                         n_pca_source=len(train), sharded=info is not None,
-                        fingerprint=fingerprint, rng=rng, device=device,
-                        train_depths=depths[train_idx], checkpoint=checkpoint,
+                        fingerprint=self._fingerprint_parts(data.fingerprint_parts()), rng=rng,
+                        device=device, train_depths=depths[train_idx], checkpoint=checkpoint,
                         checkpoint_every=checkpoint_every, resume=resume)
-        self.stream_rows_ = rows  # file rows of the samples fitted (for writing results)
+        if is_streamed(source):
+            self.stream_rows_ = rows  # the source's rows that were fitted (for writing results)
+        elif _is_anndata(X):
+            self._write_anndata(X, data.to_csr(), rows, feats)
         return self
+
+    def fit_stream(self, path, *, layer: str | None = None, max_bytes: int = 256 * 2**20,
+                   checkpoint=None, checkpoint_every: int = 0,
+                   resume: bool = False) -> "MultinomialVAE":
+        """Fit to an HDF5 ``.biom`` or ``.h5ad`` table without loading it into memory:
+        :meth:`fit` of ``StreamingCounts(path, layer=layer, max_bytes=max_bytes)``.
+
+        Rows are read in chunks of about ``max_bytes`` (see
+        :class:`mvae.io.streaming.StreamingCounts`), shuffled chunk by chunk each epoch. Memory
+        is bounded by the chunk size plus O(n + D) bookkeeping. Results are the same kind as an
+        in-memory fit's but not bitwise equal to it (the shuffle differs).
+        """
+        from .io.streaming import StreamingCounts
+
+        with StreamingCounts(path, layer=layer, max_bytes=max_bytes) as source:
+            return self.fit(source, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                            resume=resume)
+
+    def _source(self, X, layer):
+        """The table as a :class:`mvae.io.sources.CountSource`: a StreamingCounts as given, any
+        other table validated and held in memory."""
+        from .io import is_streamed
+        from .io.sources import InMemoryCounts
+        from .io.validation import check_counts
+
+        if is_streamed(X):
+            if layer is not None:
+                raise InputError("layer= is chosen when the StreamingCounts is made "
+                                 "(StreamingCounts(path, layer=...)), not in fit")
+            return X
+        M, sample_ids, feature_ids = self._extract(X, layer)
+        M = check_counts(M, sample_ids=sample_ids, feature_ids=feature_ids)
+        n, D = M.shape
+        return InMemoryCounts(M, sample_ids or [f"sample{i}" for i in range(n)],
+                              feature_ids or [f"feature{j}" for j in range(D)])
 
     def _set_features(self, feature_ids, input_feature_ids, kept_feature_index, report) -> None:
         self.basis_ = self._make_basis(list(feature_ids))
@@ -475,13 +440,6 @@ class MultinomialVAE:
                 f"n_latent={max(1, self.n_latent - len(collapsed))}", CollapsedDimensionsWarning,
                 stacklevel=3)
 
-    def _fingerprint(self, counts, filtered) -> str:
-        """sha256 of the counts, ids and the settings that change the result."""
-        return self._fingerprint_parts(
-            [np.ascontiguousarray(a).tobytes() for a in (counts.indptr, counts.indices,
-                                                         counts.data)]
-            + [json.dumps([filtered.sample_ids, filtered.feature_ids]).encode()])
-
     def _fingerprint_parts(self, parts) -> str:
         import hashlib
 
@@ -527,12 +485,12 @@ class MultinomialVAE:
         total = self.explained_variance_.sum() + (W.shape[0] - 1) * self.noise_variance_
         self.explained_variance_ratio_ = self.explained_variance_ / total
 
-    def _write_anndata(self, adata, counts, filtered) -> None:
+    def _write_anndata(self, adata, counts, kept_samples, kept_features) -> None:
         emb = np.full((adata.n_obs, self.n_latent), np.nan)
-        emb[filtered.kept_sample_index] = self._transform_csr(counts)
+        emb[kept_samples] = self._transform_csr(counts)
         adata.obsm["X_mvae"] = emb
         load = np.full((adata.n_vars, self.n_latent), np.nan)
-        load[filtered.kept_feature_index] = self.components_
+        load[kept_features] = self.components_
         adata.varm["mvae_loadings"] = load
         params = {k: v for k, v in self.get_params().items() if k != "tree"}
         params["tree"] = None if self.tree is None else str(self.tree)[:1000]
@@ -929,10 +887,6 @@ INFERENCE_ENTRIES = 2**24
 COLLAPSE_RATIO = 0.01
 #: Samples with fewer reads than this get a warning naming them.
 LOW_DEPTH = 50
-#: float32 represents every integer up to 2**24 exactly; counts above are rounded in training.
-FLOAT32_EXACT = 2**24
-
-
 class CollapsedDimensionsWarning(UserWarning):
     """Some latent dimensions carry (almost) no variance after fitting."""
 
@@ -941,27 +895,36 @@ class CountsWarning(UserWarning):
     """Counts that will fit but deserve a look (very shallow samples, huge counts)."""
 
 
-def _warn_about_counts(counts, sample_ids, feature_ids) -> None:
-    _warn_about_depths(np.asarray(counts.sum(axis=1)).ravel(), sample_ids)
-    _warn_about_large_counts(counts, sample_ids, feature_ids)
+def _check_depths(depths, sample_ids, *, streamed: bool, name) -> None:
+    """Refuse what a fit cannot do exactly, warn about samples too shallow to trust.
 
+    Deep samples are scored exactly in float64 (``mvae.training.batches.EXACT_DEPTH``) when the
+    table is in memory; streamed batches are float32 only, so a streamed table with deeper
+    samples is refused rather than fitted inexactly.
+    """
+    from .training.batches import EXACT_DEPTH
 
-def _warn_about_depths(depths, sample_ids) -> None:
+    if streamed and len(depths) and depths.max() > EXACT_DEPTH:
+        raise InputError(f"{getattr(name, 'path', 'the table')}: samples with more than "
+                         f"{EXACT_DEPTH} reads (largest {int(depths.max())}) need exact float64 "
+                         "sums, which streamed training does not have yet; fit the table in "
+                         "memory (drop --stream)")
     low = np.flatnonzero(depths < LOW_DEPTH)
     if len(low):
         shown = ", ".join(f"{sample_ids[i]!r} ({int(depths[i])})" for i in low[:5])
         warnings.warn(f"{len(low)} samples have fewer than {LOW_DEPTH} reads: {shown}"
                       f"{' ...' if len(low) > 5 else ''}; their embeddings are uncertain and they "
-                      "may score as anomalies", CountsWarning, stacklevel=4)
+                      "may score as anomalies", CountsWarning, stacklevel=3)
 
 
-def _warn_about_large_counts(counts, sample_ids, feature_ids) -> None:
-    if counts.nnz and counts.data.max() > FLOAT32_EXACT:
-        j = int(np.argmax(counts.data))
-        row = int(np.searchsorted(counts.indptr, j, side="right") - 1)
-        warnings.warn(f"counts above 2**24 (largest {int(counts.data[j])}, sample "
-                      f"{sample_ids[row]!r}, feature {feature_ids[counts.indices[j]]!r}) are "
-                      "rounded to float32 in training", CountsWarning, stacklevel=3)
+def _dropped_report(dropped_samples, dropped_features):
+    """The samples and features a fit dropped, as ``filtered_`` (axis, id, reason)."""
+    import pandas as pd
+
+    return pd.DataFrame({"axis": ["sample"] * len(dropped_samples)
+                         + ["feature"] * len(dropped_features),
+                         "id": list(dropped_samples) + list(dropped_features),
+                         "reason": "all-zero"})
 
 
 #: Largest number of matrix entries (samples x features) used for the PCA initialisation.
@@ -1007,29 +970,3 @@ def _epoch_budget(n_train: int, batch_size: int, max_epochs, patience) -> tuple[
     if patience is None:
         patience = max(20, math.ceil(PATIENCE_STEPS / steps))
     return int(max_epochs), int(patience)
-
-
-def _input_statistics(counts, pseudocount: float):
-    """Pooled log composition, mean centred log-ratio input and its overall scale (training data).
-
-    Returns
-    -------
-    pooled : ndarray (D,)
-        log(Σ_n x_n + c).
-    centre : ndarray (D,)
-        Mean over samples of H log1p(x / c).
-    scale : float
-        Standard deviation of the centred inputs (1 if degenerate).
-    """
-    n, D = counts.shape
-    pooled = np.log(np.asarray(counts.sum(axis=0)).ravel() + pseudocount)
-    y = counts.astype(np.float64).copy()
-    y.data = np.log1p(y.data / pseudocount)
-    row_mean = np.asarray(y.sum(axis=1)).ravel() / D  # (n,)
-    centre = np.asarray(y.mean(axis=0)).ravel() - row_mean.mean()  # mean of H y, (D,)
-    # Var of H y − centre over samples and features, from O(nnz) sums:
-    # mean_i[Σ_d y_id² / D − row_mean_i²] − mean_d centre_d²
-    sq = np.asarray(y.multiply(y).sum(axis=1)).ravel() / D
-    var = float(np.mean(sq - row_mean**2) - np.mean(centre**2))
-    scale = math.sqrt(var) if var > 1e-12 else 1.0
-    return pooled, centre, scale

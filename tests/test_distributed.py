@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvae.io import write_biom
+from mvae.io.tables import write_biom
 from mvae.evaluation.metrics import embedding_r2
 from mvae.counts.module import OBJECTIVES
 from mvae.evaluation.simulate import simulate

@@ -25,7 +25,7 @@ def test_fit_stream_trains_within_a_small_chunk_budget(table):
     path, X, sim = table
     budget = 64 * 1024  # far smaller than the table: many chunks
     streamed = MultinomialVAE(n_latent=3, max_epochs=30, random_state=0, threads=1)
-    with pytest.warns(UserWarning, match="1 all-zero samples"):
+    with pytest.warns(UserWarning, match="1 all-zero sample"):
         streamed.fit_stream(path, max_bytes=budget)
     kept = StreamingCounts(path, rows=np.flatnonzero(np.asarray(X.sum(axis=1)).ravel() > 0),
                            max_bytes=budget)

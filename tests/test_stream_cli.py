@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from mvae.io import streaming
+from mvae.io import sources, streaming
 from mvae.cli import main
 from mvae.training.distributed import DistInfo
 from mvae.io.tables import write_biom
@@ -130,9 +130,9 @@ def test_sharded_scan_and_statistics_equal_one_pass(table, world, monkeypatch):
 
     def per_rank(info):
         data = StreamingCounts(table, chunk_rows=16)
-        scan = info.scan(data)
+        scan = sources.scan(data, info)
         own = data.shard(info.rank, info.world, equal=False)
-        return (scan, info.input_statistics(data, 0.5), own.rows,
+        return (scan, sources.input_statistics(data, 0.5, info), own.rows,
                 read.get(threading.get_ident(), set()))
 
     results = _run_ranks(world, per_rank)

@@ -193,14 +193,28 @@ def test_scan_equals_numpy_sums(path, X):
     assert s.max_at == (int(np.searchsorted(X.indptr, k, side="right") - 1), int(X.indices[k]))
 
 
-def test_input_statistics_equal_the_in_memory_fit(files, X):
-    from mvae.model import _input_statistics
+def _dense_input_statistics(X: np.ndarray, c: float):
+    """The encoder's input statistics written out on a dense matrix: pooled log composition,
+    the mean of the centred log-ratio input H log(1 + x/c), and the spread around it."""
+    y = np.log1p(X / c)
+    centred = y - y.mean(axis=1, keepdims=True)  # H y, row by row
+    centre = centred.mean(axis=0)
+    return np.log(X.sum(axis=0) + c), centre, float(np.sqrt(np.mean((centred - centre) ** 2)))
+
+
+def test_input_statistics_equal_the_in_memory_source_and_the_formula(files, X):
+    from mvae.io.sources import InMemoryCounts
 
     rows = np.flatnonzero(np.asarray(X.sum(1)).ravel() > 0)
     feats = np.flatnonzero(np.asarray(X.sum(0)).ravel() > 0)
     with StreamingCounts(files["biom"], rows=rows, features=feats, max_bytes=BUDGET) as data:
         got = data.input_statistics(0.5)
-    want = _input_statistics(X[rows][:, feats], 0.5)
+        assert data.n_chunks > 1  # summed over several chunks
+    kept = X[rows][:, feats]
+    want = _dense_input_statistics(kept.toarray(), 0.5)
+    memory = InMemoryCounts(kept, [str(i) for i in rows], [str(j) for j in feats])
+    for a, b in zip(memory.input_statistics(0.5), got):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
     np.testing.assert_allclose(got[1], want[1], rtol=1e-9, atol=1e-12)
     assert got[2] == pytest.approx(want[2], rel=1e-9)

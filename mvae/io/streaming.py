@@ -51,7 +51,6 @@ Examples
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +59,7 @@ import torch
 
 from ..training.batches import SPARSE_DENSITY, CountBatch, CountData
 from ..errors import InputError
+from .sources import CountSource, TableScan, finish_input_statistics  # noqa: F401 (re-exported)
 
 __all__ = ["StreamingCounts", "TableScan", "DEFAULT_MAX_BYTES", "BYTES_PER_NNZ",
            "finish_input_statistics"]
@@ -75,34 +75,6 @@ BYTES_PER_NNZ = 64
 
 #: Bytes per row of a chunk (row pointers, constants, positions).
 BYTES_PER_ROW = 64
-
-
-@dataclass(frozen=True, eq=False)
-class TableScan:
-    """Totals of a table from one pass over it (see :meth:`StreamingCounts.scan`).
-
-    Attributes
-    ----------
-    feature_totals : numpy.ndarray of float64, shape (n_features,)
-        :math:`\\sum_i x_{id}`.
-    feature_nnz : numpy.ndarray of int64, shape (n_features,)
-        Number of samples in which each feature is non-zero.
-    depths : numpy.ndarray of float64, shape (n_samples,)
-        :math:`n_i = \\sum_d x_{id}`.
-    sample_nnz : numpy.ndarray of int64, shape (n_samples,)
-        Number of non-zero features per sample.
-    max_count : float
-        The largest count (0 for an all-zero table).
-    max_at : tuple of int
-        (sample position, feature position) of its first occurrence in row-major order.
-    """
-
-    feature_totals: np.ndarray
-    feature_nnz: np.ndarray
-    depths: np.ndarray
-    sample_nnz: np.ndarray
-    max_count: float = 0.0
-    max_at: tuple[int, int] = (0, 0)
 
 
 class _Source:
@@ -244,7 +216,7 @@ class _Source:
         self.file.close()
 
 
-class StreamingCounts:
+class StreamingCounts(CountSource):
     """A samples x features count table in an HDF5 file, served in minibatches chunk by chunk.
 
     Parameters
@@ -424,25 +396,31 @@ class StreamingCounts:
                                layer=self._layer, device=self.device, dtype=self.dtype,
                                validate=self.validate, _source=self._source)
 
-    def shard(self, rank: int, world_size: int, *, equal: bool = True) -> "StreamingCounts":
-        """Rank ``rank``'s share of the rows for ``world_size`` processes: a contiguous block.
+    def select(self, rows, features) -> "StreamingCounts":
+        """The rows and features (positions in this object) kept, in their order."""
+        rows = _index_array(rows, self.n_samples, "rows", "samples", self.path)
+        features = _index_array(features, self.n_features, "features", "features", self.path)
+        kept = features if self._features is None else self._features[features]
+        return StreamingCounts(self.path, rows=self._rows[rows], features=kept,
+                               chunk_rows=self._chunk_rows_given, max_bytes=self._max_bytes,
+                               layer=self._layer, device=self.device, dtype=self.dtype,
+                               validate=self.validate, _source=self._source)
 
-        Contiguous blocks (not ``rank::world_size``) keep each process's reads to its own
-        stretch of the file. With ``equal`` every shard has ``n_samples // world_size`` rows (the
-        last ``n_samples % world_size`` rows are left out) so that all ranks take the same number
-        of steps; otherwise the first shards get one row more.
-        """
-        if not (isinstance(world_size, (int, np.integer)) and world_size >= 1
-                and isinstance(rank, (int, np.integer)) and 0 <= rank < world_size):
-            raise InputError(f"shard(rank={rank!r}, world_size={world_size!r}): need "
-                             "0 <= rank < world_size.")
-        if world_size > self.n_samples:
-            raise InputError(f"world_size={world_size} is larger than the {self.n_samples} "
-                             "samples; use fewer processes.")
-        if equal:
-            size = self.n_samples // world_size
-            return self.subset(np.arange(rank * size, (rank + 1) * size))
-        return self.subset(np.array_split(np.arange(self.n_samples), world_size)[rank])
+    def on(self, device) -> "StreamingCounts":
+        """The same rows, with batches on ``device``."""
+        return StreamingCounts(self.path, rows=self._rows, features=self._features,
+                               chunk_rows=self._chunk_rows_given, max_bytes=self._max_bytes,
+                               layer=self._layer, device=device, dtype=self.dtype,
+                               validate=self.validate, _source=self._source)
+
+    def fingerprint_parts(self) -> list[bytes]:
+        """The file's sha256 and the ids served, for a checkpoint's record of the data."""
+        import json
+
+        from .tables import sha256_file
+
+        return [sha256_file(self._source.shown).encode(),
+                json.dumps([list(self.sample_ids), list(self.feature_ids)]).encode()]
 
     # ---- ids and whole-table passes ----------------------------------------------------------
     @property
@@ -461,81 +439,6 @@ class StreamingCounts:
     def rows(self) -> np.ndarray:
         """File rows of the samples served, shape (n_samples,) (a copy)."""
         return self._rows.copy()
-
-    def scan(self) -> TableScan:
-        """One pass over the table, chunk by chunk, checking values on the way.
-
-        Returns
-        -------
-        TableScan
-            Per-feature totals and non-zeros (over the rows served) and per-sample depths and
-            non-zeros, e.g. to drop all-zero samples and features (``rows``/``features``) and
-            to initialise the model's bias from the pooled composition.
-        """
-        D = self.n_features
-        totals = np.zeros(D)
-        feature_nnz = np.zeros(D, dtype=np.int64)
-        depths = np.zeros(self.n_samples)
-        sample_nnz = np.zeros(self.n_samples, dtype=np.int64)
-        max_count, max_at = 0.0, (0, 0)
-        for c, M in self._csr_chunks():
-            start = c * self.chunk_rows
-            depths[start:start + M.shape[0]] = np.asarray(M.sum(axis=1)).ravel()
-            sample_nnz[start:start + M.shape[0]] = np.diff(M.indptr)
-            totals += np.bincount(M.indices, weights=M.data, minlength=D)
-            feature_nnz += np.bincount(M.indices, minlength=D)
-            if M.nnz and M.data.max() > max_count:
-                k = int(np.argmax(M.data))
-                row = int(np.searchsorted(M.indptr, k, side="right") - 1)
-                max_count, max_at = float(M.data[k]), (start + row, int(M.indices[k]))
-        return TableScan(totals, feature_nnz, depths, sample_nnz, max_count, max_at)
-
-    def input_statistics(self, pseudocount: float):
-        r"""The encoder's input conditioning from one pass over the rows served.
-
-        With :math:`y_{id} = \log(1 + x_{id}/c)` and :math:`\bar y_i = \frac1D\sum_d y_{id}`:
-
-        .. math::
-
-            \text{pooled}_d = \log\Big(\sum_i x_{id} + c\Big), \quad
-            \text{centre}_d = \frac1n\sum_i y_{id} - \frac1n\sum_i \bar y_i, \quad
-            \text{scale}^2 = \frac1n\sum_i\Big(\frac1D\sum_d y_{id}^2 - \bar y_i^2\Big)
-                             - \frac1D\sum_d \text{centre}_d^2
-
-        (the same quantities as the in-memory fit computes; scale is 1 when degenerate).
-
-        Returns
-        -------
-        pooled : numpy.ndarray, shape (n_features,)
-        centre : numpy.ndarray, shape (n_features,)
-        scale : float
-        """
-        return finish_input_statistics(self.input_sums(pseudocount), pseudocount, self.n_features)
-
-    def input_sums(self, pseudocount: float) -> np.ndarray:
-        """The sums behind :meth:`input_statistics`, flat so that shards can add theirs.
-
-        Returns
-        -------
-        numpy.ndarray of float64, shape (2 * n_features + 3,)
-            :math:`[\\sum_i x_{i\\cdot},\\ \\sum_i y_{i\\cdot},\\ n,\\ \\sum_i \\bar y_i,\\
-            \\sum_i (\\tfrac1D\\sum_d y_{id}^2 - \\bar y_i^2)]`; pass the (summed) array to
-            :func:`finish_input_statistics`.
-        """
-        c = float(pseudocount)
-        D = self.n_features
-        totals, y_cols = np.zeros(D), np.zeros(D)
-        s_mean = s_spread = 0.0
-        for _, M in self._csr_chunks():
-            totals += np.bincount(M.indices, weights=M.data, minlength=D)
-            Y = M.copy()
-            Y.data = np.log1p(Y.data / c)
-            y_cols += np.bincount(Y.indices, weights=Y.data, minlength=D)
-            row_mean = np.asarray(Y.sum(axis=1)).ravel() / D
-            sq = np.asarray(Y.multiply(Y).sum(axis=1)).ravel() / D
-            s_mean += float(row_mean.sum())
-            s_spread += float((sq - row_mean**2).sum())
-        return np.concatenate([totals, y_cols, [float(self.n_samples), s_mean, s_spread]])
 
     def to_csr(self) -> sp.csr_matrix:
         """All rows served, in memory, as float64 CSR: for small subsets only (e.g. the rows a
@@ -646,14 +549,3 @@ def _index_array(values, n: int, name: str, what: str, shown: str) -> np.ndarray
         raise InputError(f"{shown}: {name} repeats positions; each of the {what} may be used "
                          "once.")
     return arr
-
-
-def finish_input_statistics(sums: np.ndarray, pseudocount: float, n_features: int):
-    """(pooled, centre, scale) from the sums of :meth:`StreamingCounts.input_sums`."""
-    D = int(n_features)
-    totals, y_cols = sums[:D], sums[D:2 * D]
-    n, s_mean, s_spread = (float(v) for v in sums[2 * D:])
-    pooled = np.log(totals + float(pseudocount))
-    centre = y_cols / n - s_mean / n
-    var = float(s_spread / n - np.mean(centre**2))
-    return pooled, centre, (float(np.sqrt(var)) if var > 1e-12 else 1.0)

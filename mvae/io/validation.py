@@ -51,7 +51,7 @@ from mvae.params import is_int
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["check_counts", "drop_empty", "Filtered", "DroppedWarning", "MAX_EXACT_COUNT",
+__all__ = ["check_counts", "drop_empty", "kept_after_dropping_empty", "Filtered", "DroppedWarning", "MAX_EXACT_COUNT",
            "MAX_SEED", "MAX_THREADS", "MAX_HIDDEN", "check_seed", "check_threads"]
 
 #: Largest count that float64 holds exactly; every integer up to 2**53 is representable.
@@ -433,12 +433,39 @@ def drop_empty(
     if sample_ids is None or feature_ids is None:
         raise InputError("drop_empty needs sample_ids and feature_ids (got None).")
 
-    nnz_per_sample = np.diff(M.indptr)
-    nnz_per_feature = np.bincount(M.indices, minlength=n_features)
-    keep_s = np.flatnonzero(nnz_per_sample > 0)
-    keep_f = np.flatnonzero(nnz_per_feature > 0)
-    dropped_s = [sample_ids[i] for i in np.flatnonzero(nnz_per_sample == 0)]
-    dropped_f = [feature_ids[j] for j in np.flatnonzero(nnz_per_feature == 0)]
+    keep_s, keep_f, dropped_s, dropped_f = kept_after_dropping_empty(
+        np.diff(M.indptr), np.bincount(M.indices, minlength=n_features), sample_ids,
+        feature_ids, min_samples=min_samples, min_features=min_features, stacklevel=3)
+    kept = M[keep_s][:, keep_f].tocsr()
+    return Filtered(
+        X=kept,
+        sample_ids=[sample_ids[i] for i in keep_s],
+        feature_ids=[feature_ids[j] for j in keep_f],
+        dropped_samples=dropped_s,
+        dropped_features=dropped_f,
+        kept_sample_index=keep_s,
+        kept_feature_index=keep_f,
+    )
+
+
+def kept_after_dropping_empty(sample_nnz, feature_nnz, sample_ids, feature_ids, *,
+                              min_samples: int = 2, min_features: int = 2, stacklevel: int = 2):
+    """The samples and features with any reads, from their numbers of non-zeros; refused when too
+    few remain, a :class:`DroppedWarning` when any were dropped.
+
+    Returns
+    -------
+    keep_s, keep_f : numpy.ndarray of int
+        Positions kept.
+    dropped_s, dropped_f : list of str
+        Ids dropped.
+    """
+    sample_nnz, feature_nnz = np.asarray(sample_nnz), np.asarray(feature_nnz)
+    n_samples, n_features = len(sample_nnz), len(feature_nnz)
+    keep_s = np.flatnonzero(sample_nnz > 0)
+    keep_f = np.flatnonzero(feature_nnz > 0)
+    dropped_s = [sample_ids[i] for i in np.flatnonzero(sample_nnz == 0)]
+    dropped_f = [feature_ids[j] for j in np.flatnonzero(feature_nnz == 0)]
 
     if keep_s.size < min_samples:
         raise InputError(
@@ -460,19 +487,9 @@ def drop_empty(
             f"feature{'s' if len(dropped_f) != 1 else ''}{_listing(dropped_f)}; they carry no "
             "reads. See Filtered.report() for the full list.",
             DroppedWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
-
-    kept = M[keep_s][:, keep_f].tocsr()
-    return Filtered(
-        X=kept,
-        sample_ids=[sample_ids[i] for i in keep_s],
-        feature_ids=[feature_ids[j] for j in keep_f],
-        dropped_samples=dropped_s,
-        dropped_features=dropped_f,
-        kept_sample_index=keep_s,
-        kept_feature_index=keep_f,
-    )
+    return keep_s, keep_f, dropped_s, dropped_f
 
 
 def _listing(ids: list[str]) -> str:

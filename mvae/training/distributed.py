@@ -4,8 +4,8 @@ Launch with ``torchrun`` (which sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PO
 
     torchrun --nproc_per_node=2 -m mvae fit table.biom -o results --distributed
 
-Every rank holds the same model and draws the same shuffled order of samples; each takes the
-rows ``rank::world`` of every global minibatch (or, for a streamed table, its own block of rows).
+Every rank holds the same model and trains on its own contiguous block of the table's samples
+(its shard), in memory or streamed, taking the same number of steps.
 The training loop (:func:`mvae.training.loop.train_module`) wraps the module in
 :class:`torch.nn.parallel.DistributedDataParallel`: it copies rank 0's parameters and buffers to
 every rank when training starts and averages the gradients over the ranks during each backward
@@ -15,8 +15,9 @@ same global batch; the Monte Carlo noise differs per rank, so results agree to w
 not bitwise. Rank 0 alone writes checkpoints and outputs.
 
 This module joins and leaves the process group (:func:`process_group`), says where this process
-stands in it (:func:`current`, :func:`is_writer`) and adds up what a streamed fit reads before
-training (:class:`DistInfo`).
+stands in it (:func:`current`, :func:`is_writer`) and adds up small arrays over the ranks
+(:class:`DistInfo`), with which the table's scan and input statistics are summed over the
+ranks' shards (:mod:`mvae.io.sources`).
 """
 
 from __future__ import annotations
@@ -49,37 +50,6 @@ class DistInfo:
         t = torch.as_tensor(np.array(values, dtype=np.float64))
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.numpy()
-
-    def scan(self, stream):
-        """:meth:`StreamingCounts.scan` of the whole of ``stream``, each rank reading only its own
-        contiguous block of rows; the totals are added up over the ranks."""
-        from ..io.streaming import TableScan
-
-        n = stream.n_samples
-        shard = stream.shard(self.rank, self.world, equal=False)
-        start = (n // self.world) * self.rank + min(self.rank, n % self.world)  # array_split's
-        part = shard.scan()
-        D = stream.n_features
-        flat = np.zeros(2 * D + 2 * n)
-        flat[:D], flat[D:2 * D] = part.feature_totals, part.feature_nnz
-        flat[2 * D + start:2 * D + start + shard.n_samples] = part.depths
-        flat[2 * D + n + start:2 * D + n + start + shard.n_samples] = part.sample_nnz
-        flat = self.sum(flat)
-        best = np.zeros((self.world, 3))
-        best[self.rank] = (part.max_count, start + part.max_at[0], part.max_at[1])
-        best = self.sum(best)
-        r = int(np.argmax(best[:, 0]))  # the first rank holding the largest count
-        return TableScan(flat[:D], flat[D:2 * D].astype(np.int64), flat[2 * D:2 * D + n],
-                         flat[2 * D + n:].astype(np.int64), float(best[r, 0]),
-                         (int(best[r, 1]), int(best[r, 2])))
-
-    def input_statistics(self, stream, pseudocount: float):
-        """:meth:`StreamingCounts.input_statistics` of ``stream``, each rank reading its block."""
-        from ..io.streaming import finish_input_statistics
-
-        shard = stream.shard(self.rank, self.world, equal=False)
-        return finish_input_statistics(self.sum(shard.input_sums(pseudocount)), pseudocount,
-                                       stream.n_features)
 
 
 def current() -> DistInfo | None:
