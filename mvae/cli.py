@@ -17,6 +17,7 @@ Conventions shared by every command:
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import warnings
@@ -369,138 +370,60 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
     temporary sibling and renamed into place at the end.
     """
     _check_verbosity(quiet, verbose)
-    if basis is None:
-        basis = "tree" if tree is not None else "helmert"
-    if basis == "tree" and tree is None:
-        raise click.UsageError("--basis tree needs --tree FILE.nwk.")
-    if tree is not None and basis != "tree":
-        raise click.UsageError(f"--tree is only used with --basis tree (got --basis {basis}).")
-
-    from .io.outputs import ResultsDirectory
-
-    def make_model():
-        from .model import MultinomialVAE
-
-        return MultinomialVAE(
-            n_latent=latent_dim, encoder_depth=encoder_depth, n_hidden=hidden,
-            pseudocount=pseudocount, objective=objective, basis=basis,
-            tree=str(tree) if tree else None, max_epochs=epochs, batch_size=batch_size,
-            learning_rate=lr, random_state=seed, threads=threads, device=device,
-            progress=not quiet and _stderr_is_tty(),
-        )
-
+    basis = _fit_basis(basis, tree)
     if stream:
         _check_streamable(table, orientation)
-    max_bytes = chunk_mb * 2**20
+    writer = True
     if distributed:
         from .training.distributed import is_writer, process_group
 
         # joined until the command returns; leaving it then (not at interpreter exit) lets the
         # backend's threads end while Python still runs
         ctx.with_resource(process_group(device))
-        if not is_writer():  # other ranks train their shard and write nothing
-            quiet = True
-            shared = dict(checkpoint=outdir.parent / (outdir.name + ".checkpoint.pt"),
-                          checkpoint_every=checkpoint_every, resume=resume)
-            if stream:
-                make_model().fit_stream(table, layer=layer, max_bytes=max_bytes, **shared)
-            else:
-                make_model().fit(_read_table(table, layer, orientation), **shared)
-            return
+        writer = is_writer()  # the other ranks train their shard and write nothing
+        quiet = quiet or not writer
+    started, cpu0 = time.time(), time.process_time()
+    checkpoint = outdir.parent / (outdir.name + ".checkpoint.pt")
+    with contextlib.ExitStack() as stack:
+        if writer:  # fails here, before any reading, if OUTDIR is unusable
+            from .io.outputs import ResultsDirectory
 
-    started = time.time()
-    cpu0 = time.process_time()
-    with ResultsDirectory(outdir, force=force,  # fails here if OUTDIR is unusable
-                          inputs=[table, metadata, tree]) as results:
-        from .io.tables import sha256_file
+            results = stack.enter_context(ResultsDirectory(outdir, force=force,
+                                                           inputs=[table, metadata, tree]))
+        source = _fit_source(stack, table, layer, orientation, stream, chunk_mb, latent_dim,
+                             tree, quiet=quiet or not verbose)
+        colour, colour_kind, md_info = _fit_colour(source, table, metadata, color, stream)
+        from .model import MultinomialVAE
 
-        if stream:
-            from .io.streaming import StreamingCounts
-
-            with StreamingCounts(table, layer=layer, max_bytes=max_bytes) as whole:
-                sample_names, n_obs, n_vars = whole.sample_ids, len(whole), whole.n_features
-            adata = None
-            _say(quiet or not verbose, f"streaming {table}: {n_obs} samples x {n_vars} "
-                                       f"features, chunks of at most {chunk_mb} MiB")
-        else:
-            adata = _read_table(table, layer, orientation)
-            sample_names, n_obs, n_vars = list(adata.obs_names), adata.n_obs, adata.n_vars
-            _say(quiet or not verbose, f"read {table}: {n_obs} samples x {n_vars} features")
-        colour = colour_kind = None
-        md_info = None
-        if metadata is not None:
-            from .io.metadata import align_metadata, metadata_column, read_metadata
-
-            md = align_metadata(read_metadata(metadata), sample_names, table=str(table))
-            md_info = {"path": str(metadata.absolute()), "sha256": sha256_file(metadata)}
-            if color is not None:
-                colour = metadata_column(md, color)
-                colour_kind = colour.attrs["kind"]
-                md_info["color"] = color
-        elif color is not None:
-            if stream:
-                from .errors import InputError
-
-                raise InputError(f"--color {color} with --stream needs --metadata FILE (the "
-                                 "sample annotations of a streamed table are not read).")
-            colour, colour_kind = _obs_column(adata, color, table)
-        if not stream:  # a streamed table is checked by its own pass in fit_stream
-            _check_table_usable(adata, table, latent_dim)
-            if tree is not None:
-                _check_tree(tree, adata)
-        device = _check_device(device)
-
-        model = make_model()
-        checkpoint = outdir.parent / (outdir.name + ".checkpoint.pt")
+        model = MultinomialVAE(
+            n_latent=latent_dim, encoder_depth=encoder_depth, n_hidden=hidden,
+            pseudocount=pseudocount, objective=objective, basis=basis,
+            tree=str(tree) if tree else None, max_epochs=epochs, batch_size=batch_size,
+            learning_rate=lr, random_state=seed, threads=threads, device=_check_device(device),
+            progress=not quiet and _stderr_is_tty())
         if resume and not checkpoint.is_file():
             _say(quiet, f"no checkpoint at {checkpoint}: starting from the beginning")
             resume = False
         t_fit = time.perf_counter()
-        if stream:
-            model.fit_stream(table, layer=layer, max_bytes=max_bytes, checkpoint=checkpoint,
-                             checkpoint_every=checkpoint_every, resume=resume)
-            fitted = StreamingCounts(table, rows=model.stream_rows_,
-                                     features=model.kept_feature_index_, layer=layer,
-                                     max_bytes=max_bytes)
-        else:
-            model.fit(adata, layer=None, checkpoint=checkpoint,
-                      checkpoint_every=checkpoint_every, resume=resume)
-            fitted = adata
+        model.fit(source, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
         fit_seconds = time.perf_counter() - t_fit
+        if not writer:
+            return
+        from .io.outputs import write_fit_results
 
-        from .io.outputs import package_versions, write_fit_results
-
-        run = {
-            "command": ctx.command_path,
-            "parameters": {k: (str(v) if isinstance(v, Path) else v)
-                           for k, v in ctx.params.items()},
-            "input": {"path": str(table.absolute()), "sha256": sha256_file(table),
-                      "bytes": table.stat().st_size, "n_samples": int(n_obs),
-                      "n_features": int(n_vars), "streamed": bool(stream)},
-            "metadata": md_info,
-            "tree": None if tree is None else {"path": str(tree.absolute()),
-                                               "sha256": sha256_file(tree)},
-            "seed": int(model.seed_),
-            "threads": _resolve_threads(threads),
-            "device": device,
-            "versions": package_versions(),
-            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "fit_seconds": round(fit_seconds, 3),
-            "cpu_seconds": round(time.process_time() - cpu0, 3),
-        }
-        try:
-            files = _wrap_write_errors(outdir, write_fit_results, results.path, model, fitted,
-                                       run=run, top=top, min_abs=min_abs, colour=colour,
-                                       colour_kind=colour_kind)
-        finally:
-            if stream:
-                fitted.close()
+        fitted = (source.select(model.stream_rows_, model.kept_feature_index_) if stream
+                  else source)
+        run = _run_record(ctx, table, source, stream, md_info, tree, model, threads, started,
+                          fit_seconds, cpu0)
+        files = _wrap_write_errors(outdir, write_fit_results, results.path, model, fitted,
+                                   run=run, top=top, min_abs=min_abs, colour=colour,
+                                   colour_kind=colour_kind)
 
     checkpoint.unlink(missing_ok=True)  # the results are complete: the checkpoint is spent
     hist = model.history_
     last = hist.iloc[-1]
-    _say(quiet, f"fitted {n_obs - int((model.filtered_['axis'] == 'sample').sum())} samples "
-                f"x {len(model.feature_ids_)} features in {len(hist)} epochs (best "
+    _say(quiet, f"fitted {len(source) - int((model.filtered_['axis'] == 'sample').sum())} "
+                f"samples x {len(model.feature_ids_)} features in {len(hist)} epochs (best "
                 f"{model.best_epoch_}); train loss {last.train_loss:.4g} nats/sample; "
                 f"wrote {outdir}/")
     if verbose:
@@ -508,6 +431,91 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
         _say(False, f"proportion of clr variance per axis: {ratio}; noise variance "
                     f"{model.noise_variance_:.4g}; {time.time() - started:.1f} s wall, "
                     f"{time.process_time() - cpu0:.1f} s CPU; files: {', '.join(files)}")
+
+
+def _fit_basis(basis: str | None, tree: Path | None) -> str:
+    """--basis, defaulting to tree when --tree is given; the two must agree."""
+    if basis is None:
+        basis = "tree" if tree is not None else "helmert"
+    if basis == "tree" and tree is None:
+        raise click.UsageError("--basis tree needs --tree FILE.nwk.")
+    if tree is not None and basis != "tree":
+        raise click.UsageError(f"--tree is only used with --basis tree (got --basis {basis}).")
+    return basis
+
+
+def _fit_source(stack, table: Path, layer, orientation, stream: bool, chunk_mb: int,
+                latent_dim: int, tree, *, quiet: bool):
+    """TABLE as mvae fit reads it: an AnnData in memory (checked before training, naming the
+    file), or with --stream a StreamingCounts left open until the command ends."""
+    if stream:
+        from .io.streaming import StreamingCounts
+
+        source = stack.enter_context(StreamingCounts(table, layer=layer,
+                                                     max_bytes=chunk_mb * 2**20))
+        _say(quiet, f"streaming {table}: {len(source)} samples x {source.n_features} "
+                    f"features, chunks of at most {chunk_mb} MiB")
+        return source
+    adata = _read_table(table, layer, orientation)
+    _say(quiet, f"read {table}: {adata.n_obs} samples x {adata.n_vars} features")
+    _check_table_usable(adata, table, latent_dim)
+    if tree is not None:
+        _check_tree(tree, adata)
+    return adata
+
+
+def _fit_colour(source, table: Path, metadata, color, stream: bool):
+    """The colour of embedding.png (from --metadata, or the table's own sample annotations) and
+    what run info records of the metadata file: (colour, colour kind, metadata record)."""
+    from .io.tables import sha256_file
+
+    sample_names = list(source.sample_ids if stream else source.obs_names)
+    if metadata is not None:
+        from .io.metadata import align_metadata, metadata_column, read_metadata
+
+        md = align_metadata(read_metadata(metadata), sample_names, table=str(table))
+        md_info = {"path": str(metadata.absolute()), "sha256": sha256_file(metadata)}
+        if color is None:
+            return None, None, md_info
+        colour = metadata_column(md, color)
+        md_info["color"] = color
+        return colour, colour.attrs["kind"], md_info
+    if color is None:
+        return None, None, None
+    if stream:
+        from .errors import InputError
+
+        raise InputError(f"--color {color} with --stream needs --metadata FILE (the "
+                         "sample annotations of a streamed table are not read).")
+    colour, colour_kind = _obs_column(source, color, table)
+    return colour, colour_kind, None
+
+
+def _run_record(ctx, table: Path, source, stream: bool, md_info, tree, model, threads,
+                started: float, fit_seconds: float, cpu0: float) -> dict:
+    """The "run" section of config.json: the command, its inputs with their sha256, the seed,
+    threads, device, versions and times."""
+    from .io.outputs import package_versions
+    from .io.tables import sha256_file
+
+    n_obs, n_vars = (len(source), source.n_features) if stream else source.shape
+    return {
+        "command": ctx.command_path,
+        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in ctx.params.items()},
+        "input": {"path": str(table.absolute()), "sha256": sha256_file(table),
+                  "bytes": table.stat().st_size, "n_samples": int(n_obs),
+                  "n_features": int(n_vars), "streamed": bool(stream)},
+        "metadata": md_info,
+        "tree": None if tree is None else {"path": str(tree.absolute()),
+                                           "sha256": sha256_file(tree)},
+        "seed": int(model.seed_),
+        "threads": _resolve_threads(threads),
+        "device": str(model.device),
+        "versions": package_versions(),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "fit_seconds": round(fit_seconds, 3),
+        "cpu_seconds": round(time.process_time() - cpu0, 3),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
