@@ -1,7 +1,8 @@
 """Which mvae modules ``mvae fit`` loads on an in-memory table, and how many lines they hold.
 
-Runs ``mvae fit`` on a small table in a fresh interpreter and, when the command has finished,
-lists every loaded module of the package with its line count (``wc -l`` of its file).
+Runs ``mvae fit`` on a small table in a fresh interpreter started in the current directory (so
+the checkout there is the one measured) and, when the command has finished, lists every loaded
+module of the package with its line count (``wc -l`` of its file).
 
     python benchmarks/fit_imports.py [TABLE]      # default: data/moving_pictures_16s_table.biom
 """
@@ -13,8 +14,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import atexit, json, sys
@@ -34,11 +33,11 @@ main()
 
 
 def main(argv=None) -> dict:
-    table = (argv or sys.argv[1:] or [str(ROOT / "data/moving_pictures_16s_table.biom")])[0]
+    table = (argv or sys.argv[1:] or [str(Path.cwd() / "data/moving_pictures_16s_table.biom")])[0]
     with tempfile.TemporaryDirectory() as tmp:
         code = CHILD.format(table=table, out=str(Path(tmp) / "fit"))
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             cwd=ROOT)
+                             cwd=Path.cwd())
     line = [x for x in out.stdout.splitlines() if x.startswith("MODULES ")]
     if not line:
         raise SystemExit(out.stderr[-3000:])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from tests.helpers import clr, counts, ppca_reference
 from mvae.errors import InputError
 from mvae.evaluation.baselines import (
     PCAResult,
@@ -15,29 +16,6 @@ from mvae.evaluation.baselines import (
 )
 
 
-def _counts(n, d, seed, rate=5.0):
-    rng = np.random.default_rng(seed)
-    mean = rate * np.exp(rng.normal(0.0, 1.0, size=d) + 0.5 * rng.standard_normal((n, d)))
-    return rng.poisson(mean)
-
-
-def _clr(table):
-    """Reference clr written out: log minus the row mean of the logs."""
-    logs = np.log(table)
-    return logs - logs.mean(axis=1, keepdims=True)
-
-
-def _ppca_reference(y, k):
-    """Tipping & Bishop PPCA from a dense eigendecomposition of the sample covariance."""
-    d = y.shape[1]
-    c = np.cov(y, rowvar=False)
-    eig, vec = np.linalg.eigh(c)
-    eig, vec = eig[::-1], vec[:, ::-1]  # descending; the last one is the 1 direction (~0)
-    sigma2 = eig[k : d - 1].mean() if k < d - 1 else 0.0
-    low = vec[:, :k] @ np.diag(eig[:k] - sigma2) @ vec[:, :k].T
-    return c, eig[:k], sigma2, low, vec[:, :k]
-
-
 def test_clr_pca_is_the_count_models_clr_pca():
     """The baseline and the count model's PCA start are one function (tested in test_pca.py)."""
     import mvae.maths.pca
@@ -46,7 +24,7 @@ def test_clr_pca_is_the_count_models_clr_pca():
 
 
 def test_sparse_input_equals_dense_input():
-    x = _counts(40, 20, seed=1, rate=0.5)
+    x = counts(40, 20, seed=1, rate=0.5)
     assert (x == 0).mean() > 0.2
     np.testing.assert_allclose(
         sample_clr_covariance(x), sample_clr_covariance(sp.csc_matrix(x)), atol=1e-12
@@ -54,9 +32,9 @@ def test_sparse_input_equals_dense_input():
 
 
 def test_sample_clr_covariance_against_numpy():
-    x = _counts(50, 10, seed=2, rate=2.0)
+    x = counts(50, 10, seed=2, rate=2.0)
     got = sample_clr_covariance(x, pseudocount=0.5)
-    np.testing.assert_allclose(got, np.cov(_clr(x + 0.5), rowvar=False), atol=1e-12)
+    np.testing.assert_allclose(got, np.cov(clr(x + 0.5), rowvar=False), atol=1e-12)
     # the same as H cov(log(x + c)) H: clr is a linear map of the logs
     h = np.eye(10) - np.ones((10, 10)) / 10
     np.testing.assert_allclose(got, h @ np.cov(np.log(x + 0.5), rowvar=False) @ h, atol=1e-12)
@@ -76,7 +54,7 @@ def test_multiplicative_replacement_hand_worked():
 def test_multiplicative_replacement_matches_scikit_bio():
     from skbio.stats.composition import multi_replace  # slow import: only here
 
-    x = _counts(30, 25, seed=3, rate=1.0)
+    x = counts(30, 25, seed=3, rate=1.0)
     assert (x == 0).any()
     np.testing.assert_allclose(multiplicative_replacement(x), multi_replace(x), rtol=1e-12)
     np.testing.assert_allclose(
@@ -85,9 +63,9 @@ def test_multiplicative_replacement_matches_scikit_bio():
 
 
 def test_mr_pca_is_ppca_of_replaced_clr():
-    x = _counts(60, 12, seed=4, rate=1.0)
-    y = _clr(multiplicative_replacement(x))
-    _, top, sigma2, low, _ = _ppca_reference(y, 3)
+    x = counts(60, 12, seed=4, rate=1.0)
+    y = clr(multiplicative_replacement(x))
+    _, top, sigma2, low, _ = ppca_reference(y, 3)
     res = mr_pca(x, 3)
     np.testing.assert_allclose(res.explained_variance, top, rtol=1e-9)
     np.testing.assert_allclose(res.noise_variance, sigma2, rtol=1e-9)

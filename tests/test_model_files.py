@@ -1,14 +1,13 @@
 """Every way a saved model directory can be broken becomes one ModelFileError naming the file."""
 
-import json
 import shutil
 import struct
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
+from tests.helpers import edit_config, edit_tensors
 from mvae import MultinomialVAE
 from mvae.errors import ModelFileError
 
@@ -30,42 +29,24 @@ def _bytes_case(fn):
     return apply
 
 
-def _tensor_case(fn):
-    def apply(d):
-        p = d / "model.safetensors"
-        t = load_file(str(p))
-        fn(t)
-        save_file(t, str(p))
-    return apply
-
-
-def _config_case(fn):
-    def apply(d):
-        p = d / "config.json"
-        c = json.loads(p.read_text())
-        fn(c)
-        p.write_text(json.dumps(c))
-    return apply
-
-
 CASES = {
     "truncated": (_bytes_case(lambda b: b[: len(b) // 2]), "model.safetensors"),
     "empty": (_bytes_case(lambda b: b""), "model.safetensors"),
     "garbage": (_bytes_case(lambda b: b"\x89garbage" * 100), "model.safetensors"),
     "oversized-header": (_bytes_case(lambda b: struct.pack("<Q", 2**62) + b"{}"),
                          "model.safetensors"),
-    "wrong-shape": (_tensor_case(lambda t: t.update({"module.loadings_raw": torch.zeros(3, 3)})),
+    "wrong-shape": (edit_tensors(lambda t: t.update({"module.loadings_raw": torch.zeros(3, 3)})),
                     "size mismatch"),
-    "missing-tensor": (_tensor_case(lambda t: t.pop("module.bias_raw")), "Missing"),
-    "unexpected-tensor": (_tensor_case(lambda t: t.update({"module.extra": torch.zeros(1)})),
+    "missing-tensor": (edit_tensors(lambda t: t.pop("module.bias_raw")), "Missing"),
+    "unexpected-tensor": (edit_tensors(lambda t: t.update({"module.extra": torch.zeros(1)})),
                           "Unexpected"),
-    "feature-count": (_config_case(lambda c: c.update(feature_ids=c["feature_ids"][:-1])),
+    "feature-count": (edit_config(lambda c: c.update(feature_ids=c["feature_ids"][:-1])),
                       "feature ids"),
-    "bad-param": (_config_case(lambda c: c["params"].update(n_latent="x")), "n_latent"),
-    "params-disagree": (_config_case(lambda c: c["params"].update(n_hidden=7)), "disagree"),
-    "missing-key": (_config_case(lambda c: c.pop("basis")), "basis"),
-    "future-schema": (_config_case(lambda c: c.update(schema_version=2)), "newer"),
-    "not-mvae": (_config_case(lambda c: c.update(format="something else")), "not an mvae"),
+    "bad-param": (edit_config(lambda c: c["params"].update(n_latent="x")), "n_latent"),
+    "params-disagree": (edit_config(lambda c: c["params"].update(n_hidden=7)), "disagree"),
+    "missing-key": (edit_config(lambda c: c.pop("basis")), "basis"),
+    "future-schema": (edit_config(lambda c: c.update(schema_version=2)), "newer"),
+    "not-mvae": (edit_config(lambda c: c.update(format="something else")), "not an mvae"),
     "config-not-json": (lambda d: (d / "config.json").write_bytes(b"\xff\xfe{{"), "JSON"),
     "config-missing": (lambda d: (d / "config.json").unlink(), "config.json: not found"),
 }

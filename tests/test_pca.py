@@ -10,32 +10,10 @@ import pytest
 import scipy.linalg
 import scipy.sparse as sp
 
+from tests.helpers import clr, counts, ppca_reference
 from mvae.maths.covariance import LowRankCovariance
 from mvae.errors import InputError
 from mvae.maths.pca import PCAResult, centre_log_rows, clr_pca, clr_with_pseudocount, ppca
-
-
-def _counts(n, d, seed, rate=5.0):
-    rng = np.random.default_rng(seed)
-    mean = rate * np.exp(rng.normal(0.0, 1.0, size=d) + 0.5 * rng.standard_normal((n, d)))
-    return rng.poisson(mean)
-
-
-def _clr(table):
-    """Reference clr written out: log minus the row mean of the logs."""
-    logs = np.log(table)
-    return logs - logs.mean(axis=1, keepdims=True)
-
-
-def _ppca_reference(y, k):
-    """Tipping & Bishop PPCA from a dense eigendecomposition of the sample covariance."""
-    d = y.shape[1]
-    c = np.cov(y, rowvar=False)
-    eig, vec = np.linalg.eigh(c)
-    eig, vec = eig[::-1], vec[:, ::-1]  # descending; the last one is the 1 direction (~0)
-    sigma2 = eig[k : d - 1].mean() if k < d - 1 else 0.0
-    low = vec[:, :k] @ np.diag(eig[:k] - sigma2) @ vec[:, :k].T
-    return c, eig[:k], sigma2, low, vec[:, :k]
 
 
 def test_hand_worked_two_and_three_samples():
@@ -67,9 +45,9 @@ def test_hand_worked_two_and_three_samples():
 
 @pytest.mark.parametrize("n,d,k", [(80, 15, 3), (12, 40, 4), (30, 6, 5)])
 def test_clr_pca_is_ppca_of_clr_covariance(n, d, k):
-    x = _counts(n, d, seed=n + d)
-    y = _clr(x + 1.0)
-    c, top, sigma2, low, vec = _ppca_reference(y, k)
+    x = counts(n, d, seed=n + d)
+    y = clr(x + 1.0)
+    c, top, sigma2, low, vec = ppca_reference(y, k)
     res = clr_pca(x, k)
     assert isinstance(res, PCAResult)
     assert res.embeddings.shape == (n, k) and res.loadings_clr.shape == (d, k)
@@ -92,9 +70,9 @@ def test_clr_pca_is_ppca_of_clr_covariance(n, d, k):
 
 
 def test_ppca_of_a_clr_table_leaves_it_unmodified():
-    y = centre_log_rows(np.log(_counts(30, 8, seed=5) + 0.5))
+    y = centre_log_rows(np.log(counts(30, 8, seed=5) + 0.5))
     before = y.copy()
-    _, top, sigma2, low, _ = _ppca_reference(y, 2)
+    _, top, sigma2, low, _ = ppca_reference(y, 2)
     res = ppca(y, 2)
     np.testing.assert_array_equal(y, before)
     np.testing.assert_allclose(res.explained_variance, top, rtol=1e-9)
@@ -119,7 +97,7 @@ def test_clr_pca_recovers_noise_free_low_rank_subspace_exactly():
 
 
 def test_sparse_input_equals_dense_input_and_is_not_modified():
-    x = _counts(40, 20, seed=1, rate=0.5)
+    x = counts(40, 20, seed=1, rate=0.5)
     assert (x == 0).mean() > 0.2
     xs = sp.csr_matrix(x)
     a = clr_pca(x, 3)
@@ -168,13 +146,13 @@ def test_model_pca_start_is_the_ppca_of_clr_counts():
 
     from mvae.model import _pca_initialise
 
-    x = _counts(50, 12, seed=7, rate=2.0)
+    x = counts(50, 12, seed=7, rate=2.0)
     k, c = 3, 0.5
     module = SimpleNamespace(
         config=SimpleNamespace(n_features=12, n_latent=k, pseudocount=c),
         loadings_raw=torch.zeros(12, k), log_sigma=torch.zeros(()))
     _pca_initialise(module, 50, lambda rows: sp.csr_matrix(x[rows]), np.random.default_rng(0))
-    _, _, sigma2, low, _ = _ppca_reference(_clr(x + c), k)
+    _, _, sigma2, low, _ = ppca_reference(clr(x + c), k)
     w = module.loadings_raw.double().numpy()
     np.testing.assert_allclose(w @ w.T, low, atol=1e-5)  # float32 parameters
     np.testing.assert_allclose(float(torch.exp(2 * module.log_sigma)), sigma2, rtol=1e-5)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file, save_file
 
+from tests.helpers import edit_config, edit_tensors
 from mvae import MultinomialVAE
 from mvae.cli import main
 from mvae.errors import ModelFileError
@@ -28,24 +28,6 @@ def saved(tmp_path_factory):
     d = tmp_path_factory.mktemp("models") / "ok"
     m.save(d)
     return d
-
-
-def _tensors(fn):
-    def apply(d):
-        p = d / "model.safetensors"
-        t = load_file(str(p))
-        fn(t)
-        save_file(t, str(p))
-    return apply
-
-
-def _config(fn):
-    def apply(d):
-        p = d / "config.json"
-        c = json.loads(p.read_text())
-        fn(c)
-        p.write_text(json.dumps(c))
-    return apply
 
 
 def _nan_in(prefix):
@@ -70,43 +52,43 @@ def _shuffle_kept(t):
 
 
 def _set(key, value):
-    return _config(lambda c: c.update({key: value}))
+    return edit_config(lambda c: c.update({key: value}))
 
 
 CASES = {
-    "nan-encoder": (_tensors(_nan_in("module.encoder")), "NaN or infinite"),
-    "nan-decoder": (_tensors(_nan_in("module.loadings_raw")), "NaN or infinite"),
-    "inf-bias": (_tensors(lambda t: t["module.bias_raw"].fill_(float("inf"))), "NaN or inf"),
+    "nan-encoder": (edit_tensors(_nan_in("module.encoder")), "NaN or infinite"),
+    "nan-decoder": (edit_tensors(_nan_in("module.loadings_raw")), "NaN or infinite"),
+    "inf-bias": (edit_tensors(lambda t: t["module.bias_raw"].fill_(float("inf"))), "NaN or inf"),
     "symlink-loop": (_symlink_loop, "cannot be opened"),
     "config-is-a-directory": (lambda d: ((d / "config.json").unlink(),
                                          (d / "config.json").mkdir()), "not a regular file"),
     "deeply-nested-json": (_nested_json, "nested too deeply|not valid JSON"),
     "params-a-list": (_set("params", [1, 2]), "'params' must be a JSON object"),
     "module-config-a-string": (_set("module_config", "x"), "'module_config' must be"),
-    "empty-train-depths": (_tensors(lambda t: t.update(
+    "empty-train-depths": (edit_tensors(lambda t: t.update(
         train_depths=torch.zeros(0, dtype=torch.float64))), "train_depths"),
-    "nan-train-depths": (_tensors(lambda t: t["train_depths"].fill_(float("nan"))),
+    "nan-train-depths": (edit_tensors(lambda t: t["train_depths"].fill_(float("nan"))),
                          "NaN or infinite"),
-    "negative-train-depths": (_tensors(lambda t: t["train_depths"].fill_(-5.0)), "train_depths"),
-    "threads-a-million": (_config(lambda c: c["params"].update(threads=10**6)), "threads"),
-    "threads-negative": (_config(lambda c: c["params"].update(threads=-1)), "threads"),
-    "huge-latent-in-config": (_config(lambda c: (c["params"].update(n_latent=3 * 10**8),
+    "negative-train-depths": (edit_tensors(lambda t: t["train_depths"].fill_(-5.0)), "train_depths"),
+    "threads-a-million": (edit_config(lambda c: c["params"].update(threads=10**6)), "threads"),
+    "threads-negative": (edit_config(lambda c: c["params"].update(threads=-1)), "threads"),
+    "huge-latent-in-config": (edit_config(lambda c: (c["params"].update(n_latent=3 * 10**8),
                                                  c["module_config"].update(n_latent=3 * 10**8))),
                               "size mismatch|n_latent"),
-    "huge-hidden-in-config": (_config(lambda c: (c["params"].update(n_hidden=10**9),
+    "huge-hidden-in-config": (edit_config(lambda c: (c["params"].update(n_hidden=10**9),
                                                  c["module_config"].update(n_hidden=10**9))),
                               "size mismatch"),
-    "huge-features-in-config": (_config(lambda c: c["module_config"].update(n_features=10**9)),
+    "huge-features-in-config": (edit_config(lambda c: c["module_config"].update(n_features=10**9)),
                                 "size mismatch|feature"),
-    "duplicate-feature-ids": (_config(lambda c: (c["feature_ids"].__setitem__(1, c[
+    "duplicate-feature-ids": (edit_config(lambda c: (c["feature_ids"].__setitem__(1, c[
         "feature_ids"][0]), c["input_feature_ids"].__setitem__(1, c["input_feature_ids"][0]))),
                               "duplicates"),
-    "kept-index-out-of-range": (_tensors(_shuffle_kept), "kept_feature_index"),
-    "kept-index-reordered": (_tensors(lambda t: t.update(kept_feature_index=torch.tensor(
+    "kept-index-out-of-range": (edit_tensors(_shuffle_kept), "kept_feature_index"),
+    "kept-index-reordered": (edit_tensors(lambda t: t.update(kept_feature_index=torch.tensor(
         [1, 0, 2, 3, 4, 5, 6, 7]))), "kept_feature_index"),
-    "feature-ids-not-the-kept-inputs": (_config(lambda c: c["feature_ids"].reverse()),
+    "feature-ids-not-the-kept-inputs": (edit_config(lambda c: c["feature_ids"].reverse()),
                                         "not the input features"),
-    "bool-n-latent": (_config(lambda c: c["module_config"].update(n_latent=True)), "n_latent"),
+    "bool-n-latent": (edit_config(lambda c: c["module_config"].update(n_latent=True)), "n_latent"),
 }
 
 
@@ -156,7 +138,7 @@ def test_cli_on_nan_weights_exits_2_with_one_line(saved, tmp_path, part, command
     LinAlgError traceback."""
     d = tmp_path / "m"
     shutil.copytree(saved, d)
-    _tensors(_nan_in(part))(d)
+    edit_tensors(_nan_in(part))(d)
     table = tmp_path / "t.tsv"
     rng = np.random.default_rng(1)
     ids = json.loads((d / "config.json").read_text())["input_feature_ids"]
