@@ -68,10 +68,18 @@ print(json.dumps(dict(ms_per_step=1000 * (time.process_time() - t) / steps, mvae
 """
 
 
-def child(checkout: str, case, steps: int) -> dict:
+#: glibc's allocator settings that mvae 0.1.0's training loop made with mallopt (and 0.2.0 no
+#: longer makes): applied through the environment to both checkouts by --malloc-env, so that a
+#: comparison can separate that setting from the rest of a change
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30),
+              "MALLOC_MMAP_MAX_": "0"}
+
+
+def child(checkout: str, case, steps: int, malloc_env: bool = False) -> dict:
     D, density, n = case
     code = CHILD.format(bench=str(HERE), D=D, density=density, n=n, steps=steps)
-    env = dict(os.environ, PYTHONPATH=str(Path(checkout).resolve()), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(Path(checkout).resolve()), OMP_NUM_THREADS="1",
+               **(MALLOC_ENV if malloc_env else {}))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=checkout)
     if out.returncode != 0:
@@ -89,6 +97,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--features", type=int, nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--malloc-env", action="store_true",
+                   help="apply glibc's allocator settings (MALLOC_ENV) to both checkouts")
     p.add_argument("-o", "--output")
     args = p.parse_args(argv)
     rows = []
@@ -96,7 +106,8 @@ def main(argv=None) -> list[dict]:
         ratios, times = [], {args.first: [], args.second: []}
         for r in range(args.rounds):
             order = [args.first, args.second] if r % 2 == 0 else [args.second, args.first]
-            got = {c: child(c, CASES[D], args.steps)["ms_per_step"] for c in order}
+            got = {c: child(c, CASES[D], args.steps, args.malloc_env)["ms_per_step"]
+                   for c in order}
             for c in order:
                 times[c].append(got[c])
             ratios.append(got[args.second] / got[args.first])
@@ -105,7 +116,8 @@ def main(argv=None) -> list[dict]:
         rows.append(dict(D=D, first_ms=statistics.median(times[args.first]),
                          second_ms=statistics.median(times[args.second]),
                          ratio=statistics.median(ratios), ratio_min=min(ratios),
-                         ratio_max=max(ratios), rounds=args.rounds, steps=args.steps))
+                         ratio_max=max(ratios), rounds=args.rounds, steps=args.steps,
+                         malloc_env=args.malloc_env))
         print(json.dumps(rows[-1]), flush=True)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

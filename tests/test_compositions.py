@@ -6,7 +6,6 @@ orthonormal ILR basis.
 """
 
 import json
-import time
 import zlib
 
 import numpy as np
@@ -522,30 +521,22 @@ def test_dense_refused_at_large_D():
 # ---------------------------------------------------------------------------
 
 
-def _timed(f, *args):
-    t0 = time.perf_counter()
-    out = f(*args)
-    return out, time.perf_counter() - t0
-
-
-def test_large_D_is_fast_and_exact():
+def test_large_D_is_exact_and_a_deep_tree_needs_no_recursion():
     D = 100_000
     rng = np.random.default_rng(16)
     v = rng.normal(size=(4, D))
     ids = [f"t{i}" for i in range(D)]
     # (t99999,(t99998,(...(t1,t0)))): a caterpillar 10^5 deep whose balances are Helmert's, reversed
     newick = "".join(f"(t{i}," for i in range(D - 1, 0, -1)) + "t0" + ")" * (D - 1) + ";"
-    caterpillar, t_build = _timed(TreeBasis.from_tree, newick, ids)
-    assert t_build < 10.0  # O(D), about 1 s here; no recursion limit hit
+    caterpillar = TreeBasis.from_tree(newick, ids)  # 10^5 deep: no recursion limit hit
     results = {}
     for name, basis in {
         "helmert": HelmertBasis(D),
         "balanced": TreeBasis.balanced(D),
         "caterpillar": caterpillar,
     }.items():
-        y, t_fwd = _timed(basis.forward, v)
-        back, t_inv = _timed(basis.inverse, y)
-        assert t_fwd + t_inv < 1.0, (name, t_fwd, t_inv)
+        y = basis.forward(v)
+        back = basis.inverse(y)
         np.testing.assert_allclose(back, center(v), atol=1e-9)
         yt = basis.forward(torch.from_numpy(v))
         np.testing.assert_allclose(yt.numpy(), y, atol=1e-10)

@@ -229,14 +229,11 @@ def test_top_correlations_memory_is_not_quadratic():
 
 @pytest.mark.slow
 def test_top_correlations_at_100k_features():
-    """D = 100,000, k = 10, n = 1000: O(D^2 k) work, measured ~9 s on one core."""
-    import time
-
+    """D = 100,000, k = 10, n = 1000: O(D^2 k) work, the sorted strongest pairs (its time is
+    in benchmarks/results/throughput/code_choices.md, not asserted here)."""
     rng = np.random.default_rng(7)
     q, _ = np.linalg.qr(rng.standard_normal((100_000, 10)))
     cov = LowRankCovariance(q * np.sqrt(np.geomspace(4.0, 1.0, 10)), 0.1)
-    start = time.perf_counter()
     top = cov.top_correlations(1000)
-    assert time.perf_counter() - start < 120
     assert len(top) == 1000
     assert np.all(np.diff(np.abs(top["correlation"].to_numpy())) <= 0)

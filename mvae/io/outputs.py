@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from mvae.errors import InputError
+from mvae.files import atomic_path, fsync_dir, umask  # noqa: F401 (atomic_path re-exported)
 from mvae.training.checkpoint import json_default
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -217,7 +218,7 @@ class ResultsDirectory:
                 "changed; check the location and run again."
             ) from exc
         self.path = None
-        _fsync_dir(out.absolute().parent)
+        fsync_dir(out.absolute().parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         self._release()
@@ -327,7 +328,7 @@ class _OutputLock:
         path = out.absolute().parent / f".{out.name}.mvae-lock"
         for _ in range(10):
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
             except OSError as exc:
                 raise InputError(f"{out}: cannot create the lock file {path} "
                                  f"({exc.strerror or exc}). Choose a location you can write "
@@ -376,19 +377,13 @@ def _remove_leftovers(out: Path) -> None:
                       f"into {out} left in {parent}: {', '.join(removed[:5])}", stacklevel=4)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _normal_permissions(directory: Path) -> None:
     """Give the staged directory and its files the modes a plain mkdir/open would have.
 
     ``mkdtemp`` makes the directory private (0700) and some writers create private files; a
     results directory on a shared server should follow the user's umask instead.
     """
-    mask = _umask()
+    mask = umask()
     try:
         os.chmod(directory, 0o777 & ~mask)
         for entry in directory.iterdir():
@@ -396,60 +391,6 @@ def _normal_permissions(directory: Path) -> None:
                 os.chmod(entry, 0o666 & ~mask)
     except OSError:
         pass  # permissions are a courtesy; the results are complete either way
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-class atomic_path:
-    """Context manager giving a temporary path beside ``target``, renamed onto it on success.
-
-    For single output files (``mvae transform -o FILE``): a failed or interrupted write leaves
-    any previous ``target`` intact and no partial file under its name.
-    """
-
-    def __init__(self, target: str | os.PathLike):
-        self.target = Path(target)
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        shown = str(self.target)
-        if self.target.is_dir():
-            raise InputError(f"{shown}: is a directory; give a file name to write.")
-        parent = self.target.absolute().parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=parent)
-            os.close(fd)
-        except OSError as exc:
-            raise InputError(
-                f"{shown}: cannot write here ({exc.strerror or exc}: {exc.filename or parent}). "
-                "Choose a location you can write to."
-            ) from exc
-        self.tmp = Path(tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        tmp, self.tmp = self.tmp, None
-        if exc_type is not None:
-            tmp.unlink(missing_ok=True)
-            return
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
-            os.replace(tmp, self.target)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise InputError(f"{self.target}: cannot write the file ({err}).") from err
 
 
 def write_tsv(frame: "pd.DataFrame", path: str | os.PathLike, *, index: bool = True) -> None:

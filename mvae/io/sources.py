@@ -230,9 +230,13 @@ class InMemoryCounts(CountSource):
     sample_ids, feature_ids : list of str
     device : torch.device or str
         Where :meth:`batch` and :meth:`chunks` put their tensors.
+    sparse : bool, optional
+        Serve sparse batches; by default decided from the density, as
+        :class:`mvae.training.batches.CountData` does. Subsets (splits, shards) keep their
+        table's layout, so the model's estimator is the same for training and validation.
     """
 
-    def __init__(self, X, sample_ids, feature_ids, device="cpu"):
+    def __init__(self, X, sample_ids, feature_ids, device="cpu", sparse: bool | None = None):
         self.X = sp.csr_matrix(X)
         self.X.sort_indices()
         self.n_samples, self.n_features = self.X.shape
@@ -243,6 +247,11 @@ class InMemoryCounts(CountSource):
                              f"feature ids for a table of shape {self.X.shape}")
         self.device = device
         self.density = self.X.nnz / max(1, self.n_samples * self.n_features)
+        if sparse is None:
+            from mvae.training.batches import SPARSE_DENSITY
+
+            sparse = self.density < SPARSE_DENSITY
+        self.sparse = bool(sparse)
         self._batches = None
 
     def _csr_chunks(self):
@@ -256,17 +265,18 @@ class InMemoryCounts(CountSource):
         """The rows at ``positions``."""
         positions = np.asarray(positions, dtype=np.int64)
         return InMemoryCounts(self.X[positions], [self.sample_ids[i] for i in positions],
-                              self.feature_ids, self.device)
+                              self.feature_ids, self.device, self.sparse)
 
     def select(self, rows, features) -> "InMemoryCounts":
-        """The rows and features (positions) kept, in their order."""
+        """The rows and features (positions) kept, in their order (the layout is decided anew
+        from their density)."""
         rows, features = np.asarray(rows, dtype=np.int64), np.asarray(features, dtype=np.int64)
         return InMemoryCounts(self.X[rows][:, features], [self.sample_ids[i] for i in rows],
                               [self.feature_ids[j] for j in features], self.device)
 
     def on(self, device) -> "InMemoryCounts":
         """The same rows, with batches on ``device``."""
-        return InMemoryCounts(self.X, self.sample_ids, self.feature_ids, device)
+        return InMemoryCounts(self.X, self.sample_ids, self.feature_ids, device, self.sparse)
 
     def fingerprint_parts(self) -> list[bytes]:
         """The counts and ids, for a checkpoint's record of the data."""
@@ -279,12 +289,8 @@ class InMemoryCounts(CountSource):
         if self._batches is None:
             from mvae.training.batches import CountData
 
-            self._batches = CountData(self.X, self.device)
+            self._batches = CountData(self.X, self.device, sparse=self.sparse)
         return self._batches
-
-    @property
-    def sparse(self) -> bool:
-        return self._data().sparse
 
     def batch(self, index):
         """Rows ``index`` (LongTensor, shape (B,)) as a CountBatch."""

@@ -15,62 +15,15 @@ fallback to a full unpickle.
 
 from __future__ import annotations
 
-import glob
 import io
-import os
-import tempfile
 from pathlib import Path
 
 from ..errors import ModelFileError
+from ..files import TMP_PREFIX, atomic_write_bytes, sweep_temporary  # noqa: F401 (re-exported)
 
 __all__ = ["atomic_write_bytes", "save_checkpoint", "load_checkpoint", "check_checkpoint_target",
            "sweep_temporary", "write_model_files", "read_model_files", "json_default",
            "TMP_PREFIX"]
-
-TMP_PREFIX = ".mvae-tmp-"
-
-
-def _temporary_prefix(path: Path) -> str:
-    """The name of ``path``'s temporary files up to mkstemp's random part."""
-    return f".{path.name}{TMP_PREFIX}"
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``, directory fsync).
-
-    If anything fails, the previous file at ``path`` is left untouched and no temporary file remains.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
 
 def write_model_files(path, tensors: dict, config: dict) -> None:
     """A saved model: ``model.safetensors`` (tensors, tagged with ``config["format"]``) and
@@ -162,34 +115,6 @@ def _check_readable(p: Path, what: str) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise ModelFileError(f"{p}: not a regular file; a saved {what} directory holds "
                              "config.json and model.safetensors")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def sweep_temporary(path) -> int:
-    """Remove the temporary files an interrupted :func:`atomic_write_bytes` of ``path`` left
-    beside it; return how many.
-
-    Only ``path``'s own: the directory may be shared (``mvae fit`` puts OUTDIR.checkpoint.pt
-    beside OUTDIR), and another process writing another file there at this moment must keep its
-    temporary file (sweeping every ``.mvae-tmp-*`` file made a second fit starting in the same
-    directory delete the first one's checkpoint before its rename).
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        return 0
-    removed = 0
-    for p in path.parent.glob(glob.escape(_temporary_prefix(path)) + "*"):
-        try:
-            p.unlink()
-            removed += 1
-        except OSError:
-            pass
-    return removed
 
 
 def save_checkpoint(path, state: dict) -> None:
