@@ -412,24 +412,28 @@ def _import_pyplnmodels():
 
     pyPLNmodels 1.0.x imports ``pkg_resources`` (removed from recent setuptools) only to read its
     bundled example data; a stand-in with ``resource_stream`` on ``importlib.resources`` is put in
-    place when the real one is missing. Nothing else of setuptools is used.
+    place while pyPLNmodels is imported, and taken out of ``sys.modules`` again afterwards so that
+    the user's process is left as it was. Nothing else of setuptools is used.
     """
     import importlib.resources
+    import importlib.util
     import sys
     import types
 
-    try:
-        import pkg_resources  # noqa: F401
-    except ImportError:
+    shim = None
+    if "pkg_resources" not in sys.modules and importlib.util.find_spec("pkg_resources") is None:
         shim = types.ModuleType("pkg_resources")
         shim.resource_stream = (
             lambda package, path: importlib.resources.files(package).joinpath(path).open("rb"))
-        sys.modules.setdefault("pkg_resources", shim)
+        sys.modules["pkg_resources"] = shim
     try:
         import pyPLNmodels
     except ImportError as exc:
         raise ImportError("pln_pca needs the optional package pyPLNmodels "
                           "(pip install pyPLNmodels)") from exc
+    finally:
+        if shim is not None and sys.modules.get("pkg_resources") is shim:
+            del sys.modules["pkg_resources"]
     return pyPLNmodels
 
 
@@ -478,9 +482,12 @@ def pln_pca(X, n_components, *, max_iterations=400, random_state=0) -> PCAResult
     n, d = x.shape
     k = int(n_components)
     keep = x.sum(axis=0) > 0
-    torch.manual_seed(int(random_state))
     sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    # pyPLNmodels draws from torch's global generator: seed it inside fork_rng, which restores
+    # the caller's random state afterwards
+    with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(sink), \
+            contextlib.redirect_stderr(sink):
+        torch.manual_seed(int(random_state))
         model = pyplnmodels.PlnPCA(x[:, keep], rank=k, compute_offsets_method="logsum")
         model.fit(maxiter=int(max_iterations))
     comp = np.asarray(model.components.detach().cpu().double())  # (D_kept, k)
