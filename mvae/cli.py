@@ -99,6 +99,42 @@ class _Group(click.Group):
                 click.echo("Interrupted (Ctrl-C): stopped before finishing; outputs appear only "
                            "once complete, so nothing was written or replaced", err=True)
                 sys.exit(130)
+            except _Terminated:  # SIGTERM outside training, see _sigterm_reported
+                click.echo("Terminated (SIGTERM): stopped before finishing; outputs appear only "
+                           "once complete, so nothing was written or replaced", err=True)
+                sys.exit(143)
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived while a command ran work that reads no HDF5 (see _sigterm_reported)."""
+
+
+@contextlib.contextmanager
+def _sigterm_reported():
+    """While the block runs, SIGTERM stops the command with a message and exit code 143 instead
+    of killing it silently.
+
+    Used only around work that reads no HDF5 file: a Python signal handler runs between
+    bytecodes, so a read stuck inside libhdf5 (a damaged file can do that) would leave the
+    process deaf to SIGTERM; while such reads may happen the default, immediate death, is kept.
+    Training installs its own handler (it checkpoints first) and gives this one back after.
+    Main thread only; the previous handler is restored on leaving.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line(text: str) -> str:
@@ -392,6 +428,8 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
                                                            inputs=[table, metadata, tree]))
         source = _fit_source(stack, table, layer, orientation, stream, chunk_mb, latent_dim,
                              tree, quiet=quiet or not verbose)
+        if not stream:  # the table is in memory: nothing below reads HDF5
+            stack.enter_context(_sigterm_reported())
         colour, colour_kind, md_info = _fit_colour(source, table, metadata, color, stream)
         from .model import MultinomialVAE
 
