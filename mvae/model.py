@@ -946,7 +946,7 @@ def _pca_initialise(module, n: int, read_rows, rng) -> None:
     if rows <= k + 1:  # too few samples for k components: keep the random start
         return
     subset = np.sort(rng.choice(n, size=rows, replace=False)) if rows < n else np.arange(n)
-    pca = clr_pca(read_rows(subset), k, pseudocount=module.config.pseudocount)
+    pca = clr_pca(read_rows(subset), k, pseudocount=module.config.pseudocount, top_only=True)
     with torch.no_grad():
         module.loadings_raw.copy_(torch.as_tensor(pca.loadings_clr, dtype=torch.float32))
         module.log_sigma.fill_(0.5 * math.log(max(float(pca.noise_variance), 1e-4)))

@@ -43,12 +43,15 @@ def test_hand_worked_two_and_three_samples():
                                atol=1e-12)
 
 
-@pytest.mark.parametrize("n,d,k", [(80, 15, 3), (12, 40, 4), (30, 6, 5)])
-def test_clr_pca_is_ppca_of_clr_covariance(n, d, k):
+@pytest.mark.parametrize("top_only", [False, True])
+@pytest.mark.parametrize("n,d,k", [(80, 15, 3), (12, 40, 4), (30, 6, 5), (200, 60, 2)])
+def test_clr_pca_is_ppca_of_clr_covariance(n, d, k, top_only):
+    """Full SVD (or the Gram route for wide tables) and the k leading triplets alone (the
+    count model's start) against PPCA from a dense eigendecomposition of the covariance."""
     x = counts(n, d, seed=n + d)
     y = clr(x + 1.0)
     c, top, sigma2, low, vec = ppca_reference(y, k)
-    res = clr_pca(x, k)
+    res = clr_pca(x, k, top_only=top_only)
     assert isinstance(res, PCAResult)
     assert res.embeddings.shape == (n, k) and res.loadings_clr.shape == (d, k)
     np.testing.assert_allclose(res.explained_variance, top, rtol=1e-9)

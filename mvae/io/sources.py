@@ -140,11 +140,12 @@ class CountSource:
         s_mean = s_spread = 0.0
         for _, M in self._csr_chunks():
             totals += np.bincount(M.indices, weights=M.data, minlength=D)
-            Y = M.copy()
-            Y.data = np.log1p(Y.data / c)
-            y_cols += np.bincount(Y.indices, weights=Y.data, minlength=D)
-            row_mean = np.asarray(Y.sum(axis=1)).ravel() / D
-            sq = np.asarray(Y.multiply(Y).sum(axis=1)).ravel() / D
+            y = np.log1p(M.data / c)  # at the non-zeros; zeros stay zero
+            y_cols += np.bincount(M.indices, weights=y, minlength=D)
+            # per-row sums of y and y² over each row's stretch of the non-zeros
+            row_of = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
+            row_mean = np.bincount(row_of, weights=y, minlength=M.shape[0]) / D
+            sq = np.bincount(row_of, weights=y * y, minlength=M.shape[0]) / D
             s_mean += float(row_mean.sum())
             s_spread += float((sq - row_mean**2).sum())
         return np.concatenate([totals, y_cols, [float(self.n_samples), s_mean, s_spread]])

@@ -188,7 +188,7 @@ def clr_with_pseudocount(X, pseudocount):
     return centre_log_rows(np.log(x))
 
 
-def ppca(y, n_components) -> PCAResult:
+def ppca(y, n_components, *, top_only: bool = False) -> PCAResult:
     r"""Probabilistic PCA of a table in clr coordinates (module docstring for the maths).
 
     Parameters
@@ -197,6 +197,13 @@ def ppca(y, n_components) -> PCAResult:
         A clr table: every row sums to zero (:func:`centre_log_rows`). Not modified.
     n_components : int
         Number of components k, ``1 <= k <= min(n - 1, D - 1)``.
+    top_only : bool
+        Compute only the k leading singular triplets (``scipy.sparse.linalg.svds``, ARPACK, a
+        fixed start) and the discarded variance as the total minus theirs, instead of the full
+        SVD: what the count model's PCA start needs, ~30x faster on a 5,000 x 2,000 table
+        (benchmarks/results/fixed_costs/). The noise variance then carries the rounding of
+        ``trace - top.sum()`` (~1e-16 x trace), so near-exact low-rank tables should use the
+        full route.
 
     Returns
     -------
@@ -211,6 +218,8 @@ def ppca(y, n_components) -> PCAResult:
         )
     mean = y.mean(axis=0)
     yc = y - mean  # (n, D)
+    if top_only and k < min(n, d) - 1:
+        return _ppca_top(yc, k, mean)
     if n < d:
         # wide table: eigendecompose the n x n Gram matrix, O(n² D), instead of an SVD of the
         # n x D matrix, which costs far more when n << D (wide microbiome tables)
@@ -245,8 +254,32 @@ def ppca(y, n_components) -> PCAResult:
     )
 
 
+def _ppca_top(yc, k: int, mean) -> PCAResult:
+    """:func:`ppca` from the k leading singular triplets of the centred table ``yc`` (n, D)."""
+    import scipy.sparse.linalg
+
+    n, d = yc.shape
+    u, s, vt = scipy.sparse.linalg.svds(yc, k=k, solver="arpack", random_state=0)
+    order = np.argsort(s)[::-1]  # svds returns them ascending
+    u, s, vt = u[:, order], s[order], vt[order]
+    top = s**2 / (n - 1)
+    total = float(np.einsum("ij,ij->", yc, yc)) / (n - 1)  # the sum of every eigenvalue
+    noise = max(0.0, (total - float(top.sum())) / ((d - 1) - k))
+    v = vt.T  # (D, k)
+    signs = np.sign(v[np.argmax(np.abs(v), axis=0), np.arange(k)])
+    signs[signs == 0] = 1.0
+    v = v * signs
+    return PCAResult(
+        embeddings=(u * s) * signs,
+        loadings_clr=v * np.sqrt(np.clip(top - noise, 0.0, None)),
+        noise_variance=float(noise),
+        explained_variance=top.copy(),
+        mean_clr=mean,
+    )
+
+
 # --------------------------------------------------------------------------- public
-def clr_pca(X, n_components, pseudocount=1.0) -> PCAResult:
+def clr_pca(X, n_components, pseudocount=1.0, *, top_only: bool = False) -> PCAResult:
     r"""clr(X + c) followed by probabilistic PCA.
 
     .. math::
@@ -266,8 +299,11 @@ def clr_pca(X, n_components, pseudocount=1.0) -> PCAResult:
     pseudocount : float, default 1.0
         Added to every count before the log; 0 is allowed when ``X`` has no zeros.
 
+    top_only : bool
+        Only the k leading components (see :func:`ppca`).
+
     Returns
     -------
     PCAResult
     """
-    return ppca(clr_with_pseudocount(X, pseudocount), n_components)
+    return ppca(clr_with_pseudocount(X, pseudocount), n_components, top_only=top_only)
