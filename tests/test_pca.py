@@ -165,3 +165,15 @@ def test_importing_mvae_pca_does_not_import_torch():
     code = "import sys, mvae.maths.pca; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_top_only_of_a_table_without_variance_equals_the_full_route():
+    """Every sample the same composition: nothing to decompose (ARPACK cannot start from a zero
+    matrix, or decomposes rounding); both routes give zero loadings and noise and the common clr
+    as the mean."""
+    x = np.tile(np.array([[50, 20, 5, 1, 9]]), (30, 1))
+    full, top = clr_pca(x, 2), clr_pca(x, 2, top_only=True)
+    for res in (full, top):
+        np.testing.assert_allclose(res.loadings_clr, 0.0, atol=1e-12)
+        assert abs(res.noise_variance) < 1e-20
+        np.testing.assert_allclose(res.mean_clr, clr(x[:1] + 1.0)[0], atol=1e-12)

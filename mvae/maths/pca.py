@@ -203,7 +203,7 @@ def ppca(y, n_components, *, top_only: bool = False) -> PCAResult:
         SVD: what the count model's PCA start needs, ~30x faster on a 5,000 x 2,000 table
         (benchmarks/results/fixed_costs/). The noise variance then carries the rounding of
         ``trace - top.sum()`` (~1e-16 x trace), so near-exact low-rank tables should use the
-        full route.
+        full route. A table without variance, or one where ARPACK fails, takes the full route.
 
     Returns
     -------
@@ -218,8 +218,13 @@ def ppca(y, n_components, *, top_only: bool = False) -> PCAResult:
         )
     mean = y.mean(axis=0)
     yc = y - mean  # (n, D)
-    if top_only and k < min(n, d) - 1:
-        return _ppca_top(yc, k, mean)
+    if top_only and k < min(n, d) - 1 and np.any(yc):
+        from scipy.sparse.linalg import ArpackError
+
+        try:
+            return _ppca_top(yc, k, mean)
+        except ArpackError:  # e.g. no convergence: the full route below
+            pass
     if n < d:
         # wide table: eigendecompose the n x n Gram matrix, O(n² D), instead of an SVD of the
         # n x D matrix, which costs far more when n << D (wide microbiome tables)
