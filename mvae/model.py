@@ -94,8 +94,11 @@ class MultinomialVAE:
     threads : int or None
         torch threads used during fit and inference (default: half the usable cores, at most 8).
     device : {"cpu", "cuda", "auto"}
-    progress : bool
-        Show a progress bar during fit.
+    progress : bool or None
+        Show a progress bar during fit (epochs, training and validation loss; on standard error,
+        or as a widget in Jupyter), from two seconds into the fit. ``None`` (default): where a
+        person would see it, i.e. when standard error is a terminal or in a Jupyter kernel;
+        ``False`` silences it.
 
     Attributes
     ----------
@@ -119,7 +122,7 @@ class MultinomialVAE:
                  early_stopping: bool = True, patience: int | None = None,
                  validation_fraction: float = 0.1, kl_warmup_epochs: int = 0,
                  init: str = "pca", random_state: int | None = None,
-                 threads: int | None = None, device: str = "cpu", progress: bool = False):
+                 threads: int | None = None, device: str = "cpu", progress: bool | None = None):
         self.n_latent = n_latent
         self.encoder_depth = encoder_depth
         self.n_hidden = n_hidden
@@ -396,7 +399,7 @@ class MultinomialVAE:
 
 
         from .counts import MultinomialVAEModule, MVAEConfig
-        from .training.loop import TrainConfig, train_module
+        from .training.loop import TrainConfig, progress_visible, train_module
 
         D = len(self.feature_ids_)
         config = MVAEConfig(n_features=D, n_latent=int(self.n_latent), n_hidden=int(self.n_hidden),
@@ -421,7 +424,8 @@ class MultinomialVAE:
                                 learning_rate=float(self.learning_rate),
                                 early_stopping=bool(self.early_stopping), patience=patience,
                                 kl_warmup_epochs=int(self.kl_warmup_epochs),
-                                progress=bool(self.progress), seed=self.seed_)
+                                progress=(progress_visible() if self.progress is None
+                                          else bool(self.progress)), seed=self.seed_)
             history = train_module(module, train_data, valid_data, tconf,
                                    checkpoint_path=checkpoint, checkpoint_every=checkpoint_every,
                                    fingerprint=fingerprint, resume=resume, sharded=sharded)

@@ -67,3 +67,57 @@ def test_the_library_changes_no_process_wide_allocator_or_c_state():
              for word in ("ctypes", "mallopt", "malloc_trim")
              if word in path.read_text(encoding="utf-8")]
     assert found == []
+
+
+def test_progress_bar_shows_epochs_and_losses_after_its_delay(monkeypatch, capsys):
+    """The bar (tqdm, standard error) appears once a fit has run PROGRESS_DELAY seconds, and
+    shows the epochs with the training and validation loss; a shorter fit prints nothing."""
+    import numpy as np
+
+    import mvae.training.loop as loop
+    from mvae.training.batches import CountData
+
+    rng = np.random.default_rng(0)
+    X = rng.poisson(5.0, size=(60, 12)).astype(float)
+    X[:, 0] += 1
+    data = CountData(X)
+
+    import tqdm.auto
+
+    from mvae.counts import MultinomialVAEModule, MVAEConfig
+
+    class EveryUpdate(tqdm.auto.tqdm):  # tqdm redraws at most every 0.1 s; this fit is faster
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, mininterval=0, miniters=1, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", EveryUpdate)
+
+    def fit(delay):
+        monkeypatch.setattr(loop, "PROGRESS_DELAY", delay)
+        torch.manual_seed(0)
+        module = MultinomialVAEModule(MVAEConfig(n_features=X.shape[1], n_latent=2, n_hidden=8))
+        loop.train_module(module, data, data, loop.TrainConfig(max_epochs=3, batch_size=20,
+                                                               progress=True, seed=0),
+                          handle_signals=False)
+        return capsys.readouterr().err
+
+    shown = fit(0.0)
+    assert "fit:" in shown and "3/3" in shown and "loss=" in shown and "valid=" in shown
+    assert fit(3600.0) == ""
+
+
+def test_progress_is_automatic_only_where_a_person_sees_it(monkeypatch):
+    import io
+
+    import mvae.training.loop as loop
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # a log file or a pipe
+    monkeypatch.delitem(__import__("sys").modules, "IPython", raising=False)
+    assert loop.progress_visible() is False
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert loop.progress_visible() is True

@@ -89,6 +89,30 @@ def default_threads() -> int:
     return max(1, min(8, cores // 2))
 
 
+#: Seconds a fit runs before its progress bar appears.
+PROGRESS_DELAY = 2.0
+
+
+def progress_visible() -> bool:
+    """Whether a progress bar would reach a person: standard error is a terminal, or the code
+    runs in a Jupyter kernel (where tqdm draws a widget); not a log file, a pipe or a test."""
+    import sys
+
+    try:
+        if sys.stderr is not None and sys.stderr.isatty():
+            return True
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        pass
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()
+    except AttributeError:  # pragma: no cover
+        return False
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity where the system tells it)."""
     try:
@@ -384,8 +408,9 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
     if config.progress:
         from tqdm.auto import tqdm
 
+        # shown only once the fit has run for PROGRESS_DELAY seconds: short fits stay quiet
         bar = tqdm(total=config.max_epochs, initial=start_epoch, desc="fit", unit="epoch",
-                   leave=False)
+                   leave=False, delay=PROGRESS_DELAY)
     module.train()
     stopped = False
     # under torch.distributed, DDP broadcasts rank 0's parameters and buffers here and averages
@@ -448,8 +473,9 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
             history.validation_loss.append(valid)
             history.seconds.append(float(time.perf_counter() - t0))
             if bar is not None:
+                # no refresh of its own: tqdm then draws only after its delay
+                bar.set_postfix(loss=f"{mean[0]:.4g}", valid=f"{valid:.4g}", refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{mean[0]:.4g}", valid=f"{valid:.4g}")
             monitored = valid if not math.isnan(valid) else mean[0]
             # Only count improvement once the KL weight is 1: earlier losses are not comparable.
             if w >= 1.0 and monitored < best - config.min_delta * abs(
