@@ -459,16 +459,27 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
 
     checkpoint.unlink(missing_ok=True)  # the results are complete: the checkpoint is spent
     hist = model.history_
-    last = hist.iloc[-1]
+    kept = _restored_losses(model)
     _say(quiet, f"fitted {len(source) - int((model.filtered_['axis'] == 'sample').sum())} "
-                f"samples x {len(model.feature_ids_)} features in {len(hist)} epochs (best "
-                f"{model.best_epoch_}); train loss {last.train_loss:.4g} nats/sample; "
-                f"wrote {outdir}/")
+                f"samples x {len(model.feature_ids_)} features in {len(hist)} epochs; the model "
+                f"is epoch {kept['epoch']}'s: train loss {kept['train']:.4g}, validation loss "
+                f"{kept['validation']:.4g} nats/sample; wrote {outdir}/")
     if verbose:
         ratio = ", ".join(f"{r:.3f}" for r in model.explained_variance_ratio_)
         _say(False, f"proportion of clr variance per axis: {ratio}; noise variance "
                     f"{model.noise_variance_:.4g}; {time.time() - started:.1f} s wall, "
                     f"{time.process_time() - cpu0:.1f} s CPU; files: {', '.join(files)}")
+
+
+def _restored_losses(model) -> dict:
+    """The epoch whose weights a fitted model holds (the best one when early stopping restored
+    it, else the last) and its train and validation losses (mean nats per sample)."""
+    hist = model.history_
+    restored = getattr(model, "early_stopping", True) and model.best_epoch_
+    epoch = int(model.best_epoch_ if restored else hist["epoch"].iloc[-1])
+    row = hist.loc[hist["epoch"] == epoch].iloc[0]
+    return {"epoch": epoch, "train": float(row["train_loss"]),
+            "validation": float(row["validation_loss"])}
 
 
 def _fit_basis(basis: str | None, tree: Path | None) -> str:
@@ -867,9 +878,10 @@ def _model_summary(path: Path) -> dict:
         "parameters": n_params,
         "epochs": int(len(hist)),
         "best epoch": model.best_epoch_,
-        "final train loss": float(hist["train_loss"].iloc[-1]) if len(hist) else None,
-        "final validation loss": (float(hist["validation_loss"].iloc[-1])
-                                  if len(hist) else None),
+        # the losses of the epoch whose weights the model holds (early stopping restores the
+        # best epoch), not of the last epoch run
+        "train loss": _restored_losses(model)["train"] if len(hist) else None,
+        "validation loss": _restored_losses(model)["validation"] if len(hist) else None,
         "noise variance": float(model.noise_variance_),
         "proportion explained": [float(v) for v in model.explained_variance_ratio_],
         "seed": int(model.seed_),
