@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from pathlib import Path
 
-TABLES = {
-    "moving_pictures": "data/moving_pictures_16s_table.biom",
-    "wirbel": "data/wirbel_crc_shotgun_motus_table.biom",
-    "ecam": "data/ecam_16s_table.biom",
-    "pbmc": "data/pbmc68k_reduced_counts.h5ad",
-}
+try:
+    from benchmarks.shipped import TABLES, TsvRows
+except ImportError:  # run as a script: benchmarks/ itself is on the path
+    from shipped import TABLES, TsvRows
 
 
 def fit_one(path: str, seed: int) -> dict:
@@ -52,17 +49,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     import mvae
 
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w") as fh:
-        fh.write("table\tseed\tbest_epoch\tepochs\tvalidation_nelbo\ttrain_nelbo\tcpu_s\n")
-        for name in args.tables:
-            for seed in args.seeds:
-                r = fit_one(TABLES[name], seed)
-                line = "\t".join(str(v) for v in (name, seed, *r.values()))
-                fh.write(line + "\n")
-                fh.flush()
-                print(line, flush=True)
+    out = TsvRows(args.output)
+    for name in args.tables:
+        for seed in args.seeds:
+            row = {"table": name, "seed": seed, **fit_one(TABLES[name], seed)}
+            out.append(row)
+            print("\t".join(str(v) for v in row.values()), flush=True)
+    out.close()
     print(f"mvae from {mvae.__file__}")
 
 

@@ -25,6 +25,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+try:
+    from benchmarks.shipped import TsvRows
+except ImportError:  # run as a script: benchmarks/ itself is on the path
+    from shipped import TsvRows
+
 CHILD = r"""
 import json, sys, time
 import numpy as np
@@ -119,13 +124,10 @@ def main(argv=None) -> list[dict]:
                          ratio_max=max(ratios), rounds=args.rounds, steps=args.steps,
                          malloc_env=args.malloc_env))
         print(json.dumps(rows[-1]), flush=True)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "w") as fh:
-            fh.write("\t".join(rows[0]) + "\n")
-            for row in rows:
-                fh.write("\t".join(f"{v:.4g}" if isinstance(v, float) else str(v)
-                                   for v in row.values()) + "\n")
+    out = TsvRows(args.output, "{:.4g}")
+    for row in rows:
+        out.append(row)
+    out.close()
     return rows
 
 

@@ -13,14 +13,11 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-TABLES = {
-    "moving_pictures": "data/moving_pictures_16s_table.biom",
-    "wirbel": "data/wirbel_crc_shotgun_motus_table.biom",
-    "ecam": "data/ecam_16s_table.biom",
-    "pbmc": "data/pbmc68k_reduced_counts.h5ad",
-}
+try:
+    from benchmarks.shipped import TABLES, TsvRows
+except ImportError:  # run as a script: benchmarks/ itself is on the path
+    from shipped import TABLES, TsvRows
 
 CHILD = r"""
 import json, resource, sys, time, warnings
@@ -41,20 +38,15 @@ def main(argv=None) -> list[dict]:
     p.add_argument("-o", "--output")
     p.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
     args = p.parse_args(argv)
-    rows = []
+    rows, out_file = [], TsvRows(args.output, "{:.1f}")
     for name in args.tables:
         out = subprocess.run([sys.executable, "-c", CHILD, TABLES[name]], capture_output=True,
                              text=True, check=True)
         row = {"table": name, **json.loads(out.stdout.strip().splitlines()[-1])}
         rows.append(row)
+        out_file.append(row)
         print(json.dumps(row), flush=True)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "w") as fh:
-            fh.write("\t".join(rows[0]) + "\n")
-            for row in rows:
-                fh.write("\t".join(f"{v:.1f}" if isinstance(v, float) else str(v)
-                                   for v in row.values()) + "\n")
+    out_file.close()
     return rows
 
 

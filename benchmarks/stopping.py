@@ -10,18 +10,14 @@ best validation −ELBO, the validation −ELBO at the restored epoch and the fi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-TABLES = {
-    "moving_pictures": "data/moving_pictures_16s_table.biom",
-    "wirbel": "data/wirbel_crc_shotgun_motus_table.biom",
-    "ecam": "data/ecam_16s_table.biom",
-    "pbmc": "data/pbmc68k_reduced_counts.h5ad",
-}
+try:
+    from benchmarks.shipped import TABLES, TsvRows
+except ImportError:  # run as a script: benchmarks/ itself is on the path
+    from shipped import TABLES, TsvRows
 
 CHILD = r"""
 import dataclasses, json, sys, time, warnings
@@ -55,11 +51,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
     p.add_argument("-o", "--output")
     args = p.parse_args(argv)
-    rows = []
-    out_file = None
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        out_file = open(args.output, "w")
+    rows, out_file = [], TsvRows(args.output)
     for name in args.tables:
         for seed in args.seeds:
             for md in args.min_delta:
@@ -68,12 +60,9 @@ def main(argv=None) -> list[dict]:
                 row = {"table": name, "seed": seed, "min_delta": md,
                        **json.loads(r.stdout.strip().splitlines()[-1])}
                 rows.append(row)
+                out_file.append(row)
                 print(json.dumps(row), flush=True)
-                if out_file is not None:
-                    if len(rows) == 1:
-                        out_file.write("\t".join(row) + "\n")
-                    out_file.write("\t".join(str(v) for v in row.values()) + "\n")
-                    out_file.flush()
+    out_file.close()
     return rows
 
 

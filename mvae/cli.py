@@ -862,6 +862,7 @@ def _model_summary(path: Path) -> dict:
     n_params = int(sum(p.numel() for p in model.module_.parameters()))
     filtered = model.filtered_
     run = config.get("run") or {}
+    restored = _restored_losses(model) if len(hist) else None
     summary = {
         "model": str(directory),
         "format": f"{config.get('format')} schema {config.get('schema_version')}",
@@ -880,8 +881,8 @@ def _model_summary(path: Path) -> dict:
         "best epoch": model.best_epoch_,
         # the losses of the epoch whose weights the model holds (early stopping restores the
         # best epoch), not of the last epoch run
-        "train loss": _restored_losses(model)["train"] if len(hist) else None,
-        "validation loss": _restored_losses(model)["validation"] if len(hist) else None,
+        "train loss": restored["train"] if restored else None,
+        "validation loss": restored["validation"] if restored else None,
         "noise variance": float(model.noise_variance_),
         "proportion explained": [float(v) for v in model.explained_variance_ratio_],
         "seed": int(model.seed_),

@@ -309,7 +309,8 @@ class MultinomialVAE:
         data = source.select(rows, feats)
         self._check_params(data.n_features)
         depths = whole.depths[rows]
-        _check_depths(depths, data.sample_ids, streamed=is_streamed(source), name=source)
+        _check_depths(depths, data.sample_ids, streamed=is_streamed(source),
+                      name=getattr(source, "path", "the table"))
         self.seed_ = (int(self.random_state) if self.random_state is not None
                       else int(np.random.default_rng().integers(2**31 - 1)))
         self._set_features(data.feature_ids, source.feature_ids, feats,
@@ -909,7 +910,7 @@ def _check_depths(depths, sample_ids, *, streamed: bool, name) -> None:
     from .training.batches import EXACT_DEPTH
 
     if streamed and len(depths) and depths.max() > EXACT_DEPTH:
-        raise InputError(f"{getattr(name, 'path', 'the table')}: samples with more than "
+        raise InputError(f"{name}: samples with more than "
                          f"{EXACT_DEPTH} reads (largest {int(depths.max())}) need exact float64 "
                          "sums, which streamed training does not have yet; fit the table in "
                          "memory (drop --stream)")

@@ -3,23 +3,12 @@
 import shutil
 import struct
 
-import numpy as np
 import pytest
 import torch
 
 from tests.helpers import edit_config, edit_tensors
 from mvae import MultinomialVAE
 from mvae.errors import ModelFileError
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    X = rng.poisson(20, size=(40, 8))
-    m = MultinomialVAE(n_latent=2, max_epochs=2, random_state=0, threads=1).fit(X)
-    d = tmp_path_factory.mktemp("models") / "ok"
-    m.save(d)
-    return d
 
 
 def _bytes_case(fn):

@@ -20,16 +20,6 @@ from mvae.cli import main
 from mvae.errors import ModelFileError
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    X = rng.poisson(20, size=(40, 8))
-    m = MultinomialVAE(n_latent=2, max_epochs=2, random_state=0, threads=1).fit(X)
-    d = tmp_path_factory.mktemp("models") / "ok"
-    m.save(d)
-    return d
-
-
 def _nan_in(prefix):
     def fn(t):
         name = next(k for k in sorted(t) if k.startswith(prefix) and t[k].is_floating_point())

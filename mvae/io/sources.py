@@ -256,7 +256,7 @@ class InMemoryCounts(CountSource):
         self._batches = None
 
     def _csr_chunks(self):
-        yield 0, self.X.astype(np.float64)
+        yield 0, self.X.astype(np.float64, copy=False)
 
     def to_csr(self) -> sp.csr_matrix:
         """The rows, as CSR."""
