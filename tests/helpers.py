@@ -2,6 +2,7 @@
 densely, and editors of saved model files."""
 
 import json
+import shutil
 
 import numpy as np
 from safetensors.torch import load_file, save_file
@@ -48,3 +49,20 @@ def edit_config(fn):
         fn(c)
         p.write_text(json.dumps(c))
     return apply
+
+
+def assert_one_model_file_error(saved, tmp_path, case, breaker, match):
+    """A copy of the saved model directory ``saved``, broken by ``breaker(dir)``, fails to load
+    with one ModelFileError matching ``match`` that names the directory on one line."""
+    import pytest
+
+    from mvae import MultinomialVAE
+    from mvae.errors import ModelFileError
+
+    d = tmp_path / case
+    shutil.copytree(saved, d)
+    breaker(d)
+    with pytest.raises(ModelFileError, match=match) as info:
+        MultinomialVAE.load(d)
+    assert str(d) in str(info.value)
+    assert "\n" not in str(info.value)

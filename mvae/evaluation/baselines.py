@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mvae.errors import InputError
-from mvae.maths.pca import (PCAResult, centre_log_rows, clr_pca, clr_with_pseudocount,
-                             dense_counts, ppca)
+from mvae.maths.pca import (PCAResult, centre_log_rows, check_n_components, clr_pca,
+                             clr_with_pseudocount, dense_counts, ppca)
 
 __all__ = [
     "PCAResult",
@@ -367,12 +367,7 @@ def rclr_pca(X, n_components, *, n_iterations=30, ridge=1e-3, random_state=0) ->
     """
     x = dense_counts(X)
     n, d = x.shape
-    k = int(n_components)
-    if not 1 <= k <= min(n - 1, d - 1):
-        raise InputError(
-            f"n_components must be between 1 and min(n_samples - 1, n_features - 1) = "
-            f"{min(n - 1, d - 1)}; got {n_components}."
-        )
+    k = check_n_components(n_components, n, d)
     obs = x > 0
     empty = ~obs.any(axis=1)
     if empty.any():

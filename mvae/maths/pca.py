@@ -188,6 +188,17 @@ def clr_with_pseudocount(X, pseudocount):
     return centre_log_rows(np.log(x))
 
 
+def check_n_components(n_components, n: int, d: int) -> int:
+    """k as an int, refused unless ``1 <= k <= min(n - 1, d - 1)`` for an (n, d) table."""
+    k = int(n_components)
+    if not 1 <= k <= min(n - 1, d - 1):
+        raise InputError(
+            f"n_components must be between 1 and min(n_samples - 1, n_features - 1) = "
+            f"{min(n - 1, d - 1)}; got {n_components}."
+        )
+    return k
+
+
 def ppca(y, n_components, *, top_only: bool = False) -> PCAResult:
     r"""Probabilistic PCA of a table in clr coordinates (module docstring for the maths).
 
@@ -210,12 +221,7 @@ def ppca(y, n_components, *, top_only: bool = False) -> PCAResult:
     PCAResult
     """
     n, d = y.shape
-    k = int(n_components)
-    if not 1 <= k <= min(n - 1, d - 1):
-        raise InputError(
-            f"n_components must be between 1 and min(n_samples - 1, n_features - 1) = "
-            f"{min(n - 1, d - 1)}; got {n_components}."
-        )
+    k = check_n_components(n_components, n, d)
     mean = y.mean(axis=0)
     yc = y - mean  # (n, D)
     if top_only and k < min(n, d) - 1 and np.any(yc):
