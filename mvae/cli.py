@@ -581,12 +581,21 @@ def _model_and_table_args(f):
     return f
 
 
+def _refine_option(f):
+    return click.option(
+        "--refine/--no-refine", default=True, show_default=True,
+        help="Refine each sample's posterior from the encoder's output with the decoder frozen "
+             "(docs/model.md): new samples are then treated like the ones the model was "
+             "trained on. --no-refine uses the encoder alone (faster).")(f)
+
+
 @main.command(context_settings=CONTEXT)
 @_model_and_table_args
 @_table_options
+@_refine_option
 @_threads
 @_verbosity
-def transform(model_dir, table, output, layer, orientation, threads, quiet, verbose):
+def transform(model_dir, table, output, layer, orientation, refine, threads, quiet, verbose):
     """Embeddings of the samples of TABLE under a fitted MODEL directory.
 
     Writes sample_id, axis1..axisk (TSV). Features are matched by id: the model's features
@@ -603,7 +612,7 @@ def transform(model_dir, table, output, layer, orientation, threads, quiet, verb
         if threads is not None:
             model.threads = threads
         adata = _read_table(table, layer, orientation)
-        emb = model.transform(adata)
+        emb = model.transform(adata, refine=refine)
         axes = [f"axis{i + 1}" for i in range(emb.shape[1])]
         index = pd.Index([str(s) for s in adata.obs_names], dtype=object, name="sample_id")
         write_tsv(pd.DataFrame(emb, index=index, columns=axes), tmp)
@@ -615,9 +624,11 @@ def transform(model_dir, table, output, layer, orientation, threads, quiet, verb
 @_table_options
 @click.option("--n-samples", default=16, type=click.IntRange(min=1),
               help="Monte Carlo draws per sample for the ELBO estimate.")
+@_refine_option
 @_threads
 @_verbosity
-def score(model_dir, table, output, layer, orientation, n_samples, threads, quiet, verbose):
+def score(model_dir, table, output, layer, orientation, n_samples, refine, threads, quiet,
+          verbose):
     """Per-sample anomaly scores of TABLE under a fitted MODEL: the negative ELBO.
 
     Writes sample_id, depth (reads on the model's features), negative_elbo (nats) and
@@ -635,7 +646,7 @@ def score(model_dir, table, output, layer, orientation, n_samples, threads, quie
         if threads is not None:
             model.threads = threads
         adata = _read_table(table, layer, orientation)
-        scores = np.asarray(model.score_samples(adata, n_samples=n_samples), dtype=float)
+        scores = np.asarray(model.score_samples(adata, n_samples=n_samples, refine=refine), dtype=float)
         on_model = np.isin(np.asarray(adata.var_names, dtype=object), model.feature_ids_)
         depth = np.asarray(adata.X[:, on_model].sum(axis=1)).ravel()
         empty = [str(s) for s, d in zip(adata.obs_names, depth) if d == 0]

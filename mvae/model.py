@@ -265,9 +265,11 @@ class MultinomialVAE:
         ----------
         X : AnnData, numpy.ndarray, scipy.sparse matrix, pandas.DataFrame or StreamingCounts
             Raw counts, samples as rows, shape (n, D). For AnnData, ``layer`` picks the counts
-            (default X); the embeddings are written to ``obsm["X_mvae"]``, clr loadings to
+            (default X); the embeddings are written to ``obsm["X_mvae"]``, the anomaly scores
+            (:meth:`score_samples`) to ``obs["mvae_negative_elbo"]``, clr loadings to
             ``varm["mvae_loadings"]`` and the settings to ``uns["mvae"]`` (rows of dropped
-            all-zero samples/features are NaN). A :class:`mvae.io.streaming.StreamingCounts` is
+            all-zero samples/features are NaN). Embeddings and scores come from refined posteriors
+            (:meth:`transform`). A :class:`mvae.io.streaming.StreamingCounts` is
             read chunk by chunk and never held in memory whole (see :meth:`fit_stream`).
         checkpoint : path, optional
             File for crash-safe checkpoints (written atomically; read back with
@@ -492,8 +494,12 @@ class MultinomialVAE:
 
     def _write_anndata(self, adata, counts, kept_samples, kept_features) -> None:
         emb = np.full((adata.n_obs, self.n_latent), np.nan)
-        emb[kept_samples] = self._transform_csr(counts)
+        scores = np.full(adata.n_obs, np.nan)
+        emb[kept_samples], scores[kept_samples] = self._infer(
+            self._batches(counts, copies=self._copies(True, True, 16)), embed=True, score=True,
+            refine=True)
         adata.obsm["X_mvae"] = emb
+        adata.obs["mvae_negative_elbo"] = scores
         load = np.full((adata.n_vars, self.n_latent), np.nan)
         load[kept_features] = self.components_
         adata.varm["mvae_loadings"] = load
@@ -519,82 +525,126 @@ class MultinomialVAE:
         rows = int(np.clip(INFERENCE_ENTRIES // (copies * M.shape[1]), 1, 1024))
         return CountData(M, "cpu").chunks(rows)
 
-    def _transform_csr(self, M) -> np.ndarray:
-        import torch
-
-        from .training.loop import torch_threads
-
-        with torch_threads(self.threads), torch.no_grad():
-            parts = [self.module_.latent_mean(b).double().numpy()
-                     for b in self._batches(M, copies=4)]
-        return np.concatenate(parts) @ self.rotation_
-
-    def transform(self, X, *, layer: str | None = None) -> np.ndarray:
-        """Sample embeddings: posterior means of z in the ordered orthogonal form, shape (n, k).
-
-        New tables may have their features in another order or be a subset/superset when given as
-        AnnData or DataFrame: missing features are zero-filled and unknown ones dropped, with a warning.
-        """
+    def _chunks(self, X, layer, copies: int):
+        """Row chunks of an in-memory table (aligned to the model's features) or of a
+        StreamingCounts with the model's features, sized as in :meth:`_batches`."""
         from .io import is_streamed
 
         if is_streamed(X):
-            return self._transform_stream(X)
+            self._check_stream_features(X)
+            rows = int(np.clip(INFERENCE_ENTRIES // (copies * X.n_features), 1, 1024))
+            return X.chunks(rows)
         M, _ = self._aligned(X, layer)
-        return self._transform_csr(M)
+        return self._batches(M, copies=copies)
+
+    def _infer(self, batches, *, embed: bool, score: bool, refine: bool,
+               n_samples: int = 16) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Embeddings (n, k) in the ordered form and/or −ELBO scores (n,), chunk by chunk.
+
+        With ``refine`` (``marginal`` objective) each chunk's posteriors are refined from the
+        encoder's output with the decoder frozen (:func:`mvae.counts.refine.refine_posterior`)
+        and both outputs come from the refined posteriors; the noise of the refinement and of the
+        score are fixed by the model's seed.
+        """
+        import torch
+
+        from .counts.refine import dense_loss_terms, refine_posterior
+        from .training.loop import torch_threads
+
+        refine = bool(refine) and self.module_.config.objective == "marginal"
+        refine_gen = torch.Generator().manual_seed(self.seed_ + 5)
+        score_gen = torch.Generator().manual_seed(self.seed_ + 3)
+        embeddings, scores = [], []
+        with torch_threads(self.threads):
+            with torch.no_grad():
+                prior = self.module_.prior()
+            for batch in batches:
+                if score or refine:  # Monte Carlo at every feature: dense chunks
+                    batch = _dense_batch(batch)
+                post = (refine_posterior(self.module_, batch, generator=refine_gen)
+                        if refine else None)
+                with torch.no_grad():
+                    if embed:
+                        z = (self.module_.latent_mean(batch) if post is None
+                             else self.module_.latent_from_logits(post.mean))
+                        embeddings.append(z.double().numpy())
+                    if score and post is None:
+                        terms = self.module_.loss(batch, generator=score_gen, n_samples=n_samples)
+                    elif score:
+                        eps = torch.randn((n_samples, *post.mean.shape), dtype=post.mean.dtype,
+                                          generator=score_gen)
+                        terms = dense_loss_terms(post.mean, post.log_var, prior, batch.counts,
+                                                 eps, batch.log_const)
+                    if score:
+                        scores.append(terms.negative_elbo().double().numpy())
+        emb = np.concatenate(embeddings) @ self.rotation_ if embed else None
+        return emb, (np.concatenate(scores) if score else None)
+
+    @staticmethod
+    def _copies(score: bool, refine: bool, n_samples: int) -> int:
+        """Dense (rows, D) buffers live at once in :meth:`_infer` (sizes its chunks)."""
+        return max(4 * n_samples if score else 4, 16 if refine else 4)
+
+    def _transform_csr(self, M, refine: bool = True) -> np.ndarray:
+        return self._infer(self._batches(M, copies=self._copies(False, refine, 0)),
+                           embed=True, score=False, refine=refine)[0]
+
+    def transform(self, X, *, layer: str | None = None, refine: bool = True) -> np.ndarray:
+        """Sample embeddings: posterior means of z in the ordered orthogonal form, shape (n, k).
+
+        With ``refine`` (default) each sample's posterior is refined from the encoder's output,
+        decoder frozen (docs/model.md, "Refined posteriors"): the samples a model was trained on
+        and new ones are then embedded the same way. ``refine=False`` uses the encoder alone
+        (faster; what the encoder learnt, not what the decoder supports). New tables may have
+        their features in another order or be a subset/superset when given as AnnData or
+        DataFrame: missing features are zero-filled and unknown ones dropped, with a warning.
+        ``X`` may also be a :class:`~mvae.io.streaming.StreamingCounts` with the model's
+        features (read chunk by chunk).
+        """
+        self._check_fitted()
+        return self._infer(self._chunks(X, layer, self._copies(False, refine, 0)),
+                           embed=True, score=False, refine=refine)[0]
 
     def _check_stream_features(self, data) -> None:
         if list(data.feature_ids) != self.feature_ids_:
             raise InputError("the streamed table's features differ from the model's; open it "
                              "with StreamingCounts(path, features=model.kept_feature_index_)")
 
-    def _transform_stream(self, data) -> np.ndarray:
-        """Embeddings of a StreamingCounts table read chunk by chunk (features must match)."""
-        import torch
-
-        from .training.loop import torch_threads
-
-        self._check_stream_features(data)
-        rows = int(np.clip(INFERENCE_ENTRIES // (4 * data.n_features), 1, 1024))
-        with torch_threads(self.threads), torch.no_grad():
-            parts = [self.module_.latent_mean(b).double().numpy() for b in data.chunks(rows)]
-        return np.concatenate(parts) @ self.rotation_
-
     def fit_transform(self, X, *, layer: str | None = None) -> np.ndarray:
         """``fit(X)`` then ``transform(X)``."""
         return self.fit(X, layer=layer).transform(X, layer=layer)
 
-    def score_samples(self, X, *, layer: str | None = None, n_samples: int = 16) -> np.ndarray:
+    def score_samples(self, X, *, layer: str | None = None, n_samples: int = 16,
+                      refine: bool = True) -> np.ndarray:
         """Per-sample negative ELBO in nats (higher = more anomalous), shape (n,).
 
-        Monte Carlo estimate with ``n_samples`` draws at every feature (each chunk of samples is
-        made dense for it, so sparse and dense tables get the same estimator) and noise fixed by
-        the model's seed, so repeated calls agree. Divide by the sample's depth for a per-read
-        score. ``X`` may also be a :class:`~mvae.io.streaming.StreamingCounts` with the model's
-        features (read chunk by chunk).
+        With ``refine`` (default) each sample's posterior is first refined from the encoder's
+        output with the decoder frozen, so samples the model was not trained on are scored like
+        the ones it was (the encoder alone fits its training samples better, which would mix
+        "unusual" with "new"; docs/model.md). Monte Carlo estimate with ``n_samples`` draws at
+        every feature (each chunk of samples is made dense for it, so sparse and dense tables
+        get the same estimator) and noise fixed by the model's seed, so repeated calls agree.
+        Divide by the sample's depth for a per-read score. ``X`` may also be a
+        :class:`~mvae.io.streaming.StreamingCounts` with the model's features.
         """
-        import torch
+        self._check_fitted()
+        return self._infer(self._chunks(X, layer, self._copies(True, refine, n_samples)),
+                           embed=False, score=True, refine=refine, n_samples=n_samples)[1]
 
-        from .training.loop import torch_threads
+    def embed_and_score(self, X, *, layer: str | None = None, n_samples: int = 16,
+                        refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``(transform(X), score_samples(X))`` from one refinement of each sample's posterior
+        (half the work of the two calls)."""
+        self._check_fitted()
+        return self._infer(self._chunks(X, layer, self._copies(True, refine, n_samples)),
+                           embed=True, score=True, refine=refine, n_samples=n_samples)
 
-        from .io import is_streamed
-
-        if is_streamed(X):
-            self._check_stream_features(X)
-            rows = int(np.clip(INFERENCE_ENTRIES // (4 * n_samples * X.n_features), 1, 1024))
-            batches = X.chunks(rows)
-        else:
-            M, _ = self._aligned(X, layer)
-            batches = self._batches(M, copies=4 * n_samples)
-        gen = torch.Generator().manual_seed(self.seed_ + 3)
-        with torch_threads(self.threads), torch.no_grad():
-            parts = [self.module_.loss(_dense_batch(b), generator=gen, n_samples=n_samples)
-                     .negative_elbo().double().numpy() for b in batches]
-        return np.concatenate(parts)
-
-    def denoise(self, X, *, layer: str | None = None) -> np.ndarray:
-        """Denoised compositions softmax(W̃ E[z | x] + b̃), shape (n, D), rows summing to 1."""
+    def denoise(self, X, *, layer: str | None = None, refine: bool = True) -> np.ndarray:
+        """Denoised compositions softmax(W̃ E[z | x] + b̃), shape (n, D), rows summing to 1
+        (``refine`` as in :meth:`transform`)."""
+        self._check_fitted()
         M, _ = self._aligned(X, layer)
-        z = self._transform_csr(M) @ self.rotation_.T  # back to the module's own axes
+        z = self._transform_csr(M, refine) @ self.rotation_.T  # back to the module's own axes
         W, b = self._decoder()
         logits = z @ W.T + b  # (n, k) @ (k, D) -> (n, D)
         logits -= logits.max(axis=1, keepdims=True)

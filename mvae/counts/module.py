@@ -295,8 +295,13 @@ class MultinomialVAEModule(LowRankDecoder):
         post = self.encode(counts)
         if self.config.objective == "sampled":
             return post.mean
+        return self.latent_from_logits(post.mean)
+
+    def latent_from_logits(self, mean: torch.Tensor) -> torch.Tensor:
+        """E[z | x] for a posterior of the logits with mean ``mean`` (B, D): the PPCA map
+        (σ²I + W̃ᵀW̃)⁻¹W̃ᵀ(m − b̃), shape (B, k)."""
         prior = self.prior()
-        delta = post.mean - prior.bias  # (B, D)
+        delta = mean - prior.bias  # (B, D)
         # (σ²I + W̃ᵀW̃)⁻¹ W̃ᵀ δ = L⁻ᵀ Uᵀ δ with U = W̃ L⁻ᵀ
         rhs = delta @ prior.whitened  # (B, D) @ (D, k) -> (B, k)
         return torch.linalg.solve_triangular(prior.chol.T, rhs.T, upper=True).T

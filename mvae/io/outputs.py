@@ -474,7 +474,6 @@ def write_fit_results(
     min_abs: float = 0.0,
     colour: "pd.Series | None" = None,
     colour_kind: str | None = None,
-    n_score_samples: int = 16,
 ) -> list[str]:
     """Write every file of a fit (see the module docstring) into ``directory``.
 
@@ -485,7 +484,8 @@ def write_fit_results(
     model : MultinomialVAE
         Fitted on ``adata``.
     adata : anndata.AnnData or mvae.io.streaming.StreamingCounts
-        The table the model was fitted on (its ``obsm["X_mvae"]`` holds the embeddings), or, for
+        The table the model was fitted on (its ``obsm["X_mvae"]`` and ``obs["mvae_negative_elbo"]``
+        hold the embeddings and scores), or, for
         :meth:`~mvae.MultinomialVAE.fit_stream`, the fitted rows and features of the file
         (``StreamingCounts(path, rows=model.stream_rows_, features=model.kept_feature_index_)``),
         which is read chunk by chunk for the embeddings, scores and depths.
@@ -496,8 +496,6 @@ def write_fit_results(
         Edges in ``correlations.tsv``: at most ``top`` pairs with ``|correlation| >= min_abs``.
     colour, colour_kind : pandas.Series, str, optional
         Metadata values (indexed by sample id) to colour ``embedding.png`` by.
-    n_score_samples : int
-        Monte Carlo draws per sample for ``scores.tsv``.
 
     Returns
     -------
@@ -517,8 +515,7 @@ def write_fit_results(
 
     if is_streamed(adata):  # streamed: every row served was fitted
         ids = adata.sample_ids
-        emb = model.transform(adata)
-        scores = np.asarray(model.score_samples(adata, n_samples=n_score_samples), dtype=float)
+        emb, scores = model.embed_and_score(adata)
         depth = adata.scan().depths  # one pass over the file, float64 sums
     else:
         dropped = set(model.filtered_.loc[model.filtered_["axis"] == "sample", "id"])
@@ -526,7 +523,7 @@ def write_fit_results(
         ids = adata.obs_names[keep]
         emb = np.asarray(adata.obsm["X_mvae"])[keep]
         kept = adata[keep]
-        scores = np.asarray(model.score_samples(kept, n_samples=n_score_samples), dtype=float)
+        scores = np.asarray(kept.obs["mvae_negative_elbo"], dtype=float)  # scored by the fit
         depth = np.asarray(kept.X.sum(axis=1)).ravel()
     sample_ids = pd.Index([str(s) for s in ids], dtype=object, name="sample_id")
     k = model.components_.shape[1]

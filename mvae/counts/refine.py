@@ -1,0 +1,109 @@
+"""Semi-amortised inference: each sample's posterior refined from the encoder's output.
+
+The encoder is a fast but imperfect map from counts to q(ℓ | x). On real tables it fits its
+training samples better than new ones, so a sample the model was not trained on gets a worse ELBO
+for a reason that has nothing to do with how unusual it is (docs/model.md, "Refined posteriors").
+Refinement closes that gap: with the decoder frozen, each sample's posterior
+q(ℓ | x) = N(m, diag v) — D means and D log-variances of its own — is optimised on the model's
+own objective, starting from the encoder's output:
+
+.. math::
+
+    \\max_{m, \\log v}\\; E_q[\\log \\operatorname{Mult}(x \\mid \\operatorname{softmax}\\ell)]
+        - \\mathrm{KL}(q \\,\\|\\, N(\\tilde b, \\tilde W\\tilde W^\\top + \\sigma^2 I)).
+
+The samples of a batch are independent problems; Adam, whose update is elementwise, treats them
+so while they share one optimiser (a sample's trajectory does not depend on its batch-mates, only
+on the noise drawn for it). The step size starts large and decays to zero on a cosine. The expected log-likelihood is the Monte Carlo estimate with
+``n_samples`` draws per step, as in training on dense batches; the noise comes from the caller's
+generator, so the result is deterministic for a seed. The number of steps and the step size are
+the package's choice, made from the curves in ``benchmarks/results/refine/``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..maths.likelihoods import (LowRankPrior, gaussian_multinomial_log_prob, kl_diag_to_lowrank,
+                                 multinomial_log_const)
+from .module import LossTerms, Posterior, _unpack
+
+__all__ = ["REFINE_STEPS", "REFINE_LEARNING_RATE", "dense_loss_terms", "refine_posterior"]
+
+#: Adam steps of the refinement and their initial step size, decayed to zero on a cosine over the
+#: steps (benchmarks/results/refine/).
+REFINE_STEPS = 100
+REFINE_LEARNING_RATE = 0.2
+
+
+def dense_loss_terms(mean: torch.Tensor, log_var: torch.Tensor, prior: LowRankPrior,
+                     counts: torch.Tensor, eps: torch.Tensor,
+                     log_const: torch.Tensor | None = None) -> LossTerms:
+    """ELBO terms of a diagonal Gaussian q(ℓ) = N(mean, diag exp(log_var)) given as dense (B, D)
+    arrays: the Monte Carlo expected log-likelihood over the draws ``eps`` (S, B, D) and the KL to
+    ``prior``, each of shape (B,)."""
+    recon = gaussian_multinomial_log_prob(mean, torch.exp(0.5 * log_var), eps, counts,
+                                          log_const).mean(0)  # (S, B) -> (B,)
+    return LossTerms(reconstruction=recon, kl=kl_diag_to_lowrank(mean, log_var, prior))
+
+
+def refine_posterior(module, counts, *, steps: int = REFINE_STEPS,
+                     learning_rate: float = REFINE_LEARNING_RATE, n_samples: int = 1,
+                     generator: torch.Generator | None = None,
+                     start: Posterior | None = None, on_step=None) -> Posterior:
+    """Optimise each sample's q(ℓ | x) with the decoder of ``module`` frozen.
+
+    Parameters
+    ----------
+    module : mvae.counts.MultinomialVAEModule
+        A fitted module with the ``marginal`` objective (its parameters are not changed).
+    counts : torch.Tensor, shape (B, D), dense or sparse COO, or a CountBatch
+    steps, learning_rate : int, float
+        Adam steps on the per-sample means and log-variances, and their initial step size
+        (decayed to zero on a cosine over the steps: large moves first, then the Monte Carlo
+        noise of the late steps averages out instead of leaving the posterior jittering).
+    n_samples : int
+        Monte Carlo draws of the expected log-likelihood per step.
+    generator : torch.Generator, optional
+        Source of the draws (seed it for a deterministic result).
+    start : Posterior, optional
+        Where to start (dense (B, D) mean and log-variance); default the encoder's posterior.
+    on_step : callable, optional
+        Called as ``on_step(step, mean, log_var)`` after each step (for the benchmark's curves).
+
+    Returns
+    -------
+    Posterior
+        The refined dense mean and log-variance, (B, D) each, without gradients.
+    """
+    if module.config.objective != "marginal":
+        raise ValueError("refinement needs the 'marginal' objective (a posterior over the logits)")
+    counts, log_const = _unpack(counts)
+    if log_const is None:
+        log_const = multinomial_log_const(counts)
+    with torch.no_grad():
+        if start is None:
+            start = module.encode(counts)
+        prior = module.prior()
+        prior = LowRankPrior(prior.loadings.detach(), prior.bias.detach(),
+                             prior.noise_variance.detach())
+        prior.whitened  # formed once, outside the steps (a cached property)
+    mean = start.mean.detach().clone().requires_grad_(True)
+    log_var = start.log_var.detach().clone().requires_grad_(True)
+    if steps <= 0:
+        return Posterior(mean.detach(), log_var.detach())
+    optimiser = torch.optim.Adam([mean, log_var], lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, int(steps))
+    shape = (n_samples, *mean.shape)
+    with torch.enable_grad():
+        for step in range(int(steps)):
+            eps = torch.randn(shape, dtype=mean.dtype, device=mean.device, generator=generator)
+            loss = dense_loss_terms(mean, log_var, prior, counts, eps,
+                                    log_const).negative_elbo().sum()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            if on_step is not None:
+                on_step(step + 1, mean.detach(), log_var.detach())
+    return Posterior(mean.detach(), log_var.detach())
