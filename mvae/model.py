@@ -319,7 +319,7 @@ class MultinomialVAE:
                            _dropped_report(dropped_s, dropped_f))
         rng = np.random.default_rng(self.seed_)
         n = len(data)
-        n_valid = int(round(self.validation_fraction * n)) if n >= 10 else 0
+        n_valid = _validation_size(n, float(self.validation_fraction))
         perm = rng.permutation(n)
         valid_idx, train_idx = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
         self.validation_samples_ = [data.sample_ids[i] for i in valid_idx]
@@ -403,6 +403,7 @@ class MultinomialVAE:
 
         from .counts import MultinomialVAEModule, MVAEConfig
         from .training.loop import TrainConfig, progress_visible, train_module
+        from .training.selection import RefinedValidation
 
         D = len(self.feature_ids_)
         config = MVAEConfig(n_features=D, n_latent=int(self.n_latent), n_hidden=int(self.n_hidden),
@@ -429,9 +430,14 @@ class MultinomialVAE:
                                 kl_warmup_epochs=int(self.kl_warmup_epochs),
                                 progress=(progress_visible() if self.progress is None
                                           else bool(self.progress)), seed=self.seed_)
+            # early stopping watches the decoder: validation posteriors refined across epochs
+            score = (RefinedValidation(valid_data, seed=self.seed_ + 2)
+                     if valid_data is not None and len(valid_data)
+                     and config.objective == "marginal" else None)
             history = train_module(module, train_data, valid_data, tconf,
                                    checkpoint_path=checkpoint, checkpoint_every=checkpoint_every,
-                                   fingerprint=fingerprint, resume=resume, sharded=sharded)
+                                   fingerprint=fingerprint, resume=resume, sharded=sharded,
+                                   validation_score=score)
         self.module_ = module.cpu().eval()
         self.history_ = history.to_frame()
         self.best_epoch_ = history.best_epoch
@@ -1010,6 +1016,19 @@ def _pca_initialise(module, n: int, read_rows, rng) -> None:
 #: Optimiser steps the automatic epoch budget aims at, and the patience in steps.
 BUDGET_STEPS = 5000
 PATIENCE_STEPS = 300
+
+
+#: The validation split's floor on small tables: at least min(MIN_VALIDATION, n // 4) samples.
+MIN_VALIDATION = 20
+
+
+def _validation_size(n: int, fraction: float) -> int:
+    """Samples set aside for validation: ``fraction`` of n, but at least min(20, n // 4) so that
+    early stopping on a small table watches more than a handful of samples (none below 10
+    samples or with ``fraction`` 0)."""
+    if n < 10 or fraction <= 0:
+        return 0
+    return max(int(round(fraction * n)), min(MIN_VALIDATION, n // 4))
 
 
 def _epoch_budget(n_train: int, batch_size: int, max_epochs, patience) -> tuple[int, int]:

@@ -28,7 +28,8 @@ from ..maths.likelihoods import (LowRankPrior, gaussian_multinomial_log_prob, kl
                                  multinomial_log_const)
 from .module import LossTerms, Posterior, _unpack
 
-__all__ = ["REFINE_STEPS", "REFINE_LEARNING_RATE", "dense_loss_terms", "refine_posterior"]
+__all__ = ["REFINE_STEPS", "REFINE_LEARNING_RATE", "PosteriorSet", "dense_loss_terms", "frozen_prior",
+           "refine_posterior"]
 
 #: Adam steps of the refinement and their initial step size, decayed to zero on a cosine over the
 #: steps (benchmarks/results/refine/).
@@ -76,34 +77,86 @@ def refine_posterior(module, counts, *, steps: int = REFINE_STEPS,
     Posterior
         The refined dense mean and log-variance, (B, D) each, without gradients.
     """
-    if module.config.objective != "marginal":
-        raise ValueError("refinement needs the 'marginal' objective (a posterior over the logits)")
     counts, log_const = _unpack(counts)
-    if log_const is None:
-        log_const = multinomial_log_const(counts)
     with torch.no_grad():
         if start is None:
+            _check_marginal(module)
             start = module.encode(counts)
+    posteriors = PosteriorSet(counts, start, learning_rate, log_const)
+    if steps > 0:
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(posteriors.optimiser, int(steps))
+        posteriors.step(frozen_prior(module), int(steps), generator, n_samples=n_samples,
+                        after_step=schedule.step, on_step=on_step)
+    return posteriors.posterior()
+
+
+def _check_marginal(module) -> None:
+    if module.config.objective != "marginal":
+        raise ValueError("refinement needs the 'marginal' objective (a posterior over the logits)")
+
+
+def frozen_prior(module) -> LowRankPrior:
+    """The module's prior N(b̃, W̃W̃ᵀ + σ²I) with its tensors detached (the decoder frozen)."""
+    _check_marginal(module)
+    with torch.no_grad():
         prior = module.prior()
         prior = LowRankPrior(prior.loadings.detach(), prior.bias.detach(),
                              prior.noise_variance.detach())
         prior.whitened  # formed once, outside the steps (a cached property)
-    mean = start.mean.detach().clone().requires_grad_(True)
-    log_var = start.log_var.detach().clone().requires_grad_(True)
-    if steps <= 0:
-        return Posterior(mean.detach(), log_var.detach())
-    optimiser = torch.optim.Adam([mean, log_var], lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, int(steps))
-    shape = (n_samples, *mean.shape)
-    with torch.enable_grad():
-        for step in range(int(steps)):
-            eps = torch.randn(shape, dtype=mean.dtype, device=mean.device, generator=generator)
-            loss = dense_loss_terms(mean, log_var, prior, counts, eps,
-                                    log_const).negative_elbo().sum()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            if on_step is not None:
-                on_step(step + 1, mean.detach(), log_var.detach())
-    return Posterior(mean.detach(), log_var.detach())
+    return prior
+
+
+class PosteriorSet:
+    """The dense posteriors of a fixed batch of samples with their own Adam, refined a few steps
+    at a time: :func:`refine_posterior` runs one to the end; the training loop's refined
+    validation score keeps one across epochs, so each epoch continues from the last.
+
+    Parameters
+    ----------
+    counts : torch.Tensor, shape (B, D)
+    start : Posterior
+        Initial dense mean and log-variance (copied).
+    learning_rate : float
+    log_const : torch.Tensor, shape (B,), optional
+        The multinomial constant of ``counts`` (computed if not given).
+    """
+
+    def __init__(self, counts: torch.Tensor, start: Posterior, learning_rate: float,
+                 log_const: torch.Tensor | None = None):
+        self.counts = counts
+        self.log_const = multinomial_log_const(counts) if log_const is None else log_const
+        self.mean = start.mean.detach().clone().requires_grad_(True)
+        self.log_var = start.log_var.detach().clone().requires_grad_(True)
+        self.optimiser = torch.optim.Adam([self.mean, self.log_var], lr=learning_rate)
+
+    def step(self, prior: LowRankPrior, steps: int, generator: torch.Generator | None, *,
+             n_samples: int = 1, after_step=None, on_step=None) -> None:
+        """``steps`` Adam steps on the −ELBO under ``prior`` (detached: :func:`frozen_prior`)."""
+        shape = (n_samples, *self.mean.shape)
+        with torch.enable_grad():
+            for step in range(steps):
+                eps = torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device,
+                                  generator=generator)
+                loss = dense_loss_terms(self.mean, self.log_var, prior, self.counts, eps,
+                                        self.log_const).negative_elbo().sum()
+                self.optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimiser.step()
+                if after_step is not None:
+                    after_step()
+                if on_step is not None:
+                    on_step(step + 1, self.mean.detach(), self.log_var.detach())
+
+    def posterior(self) -> Posterior:
+        """The current mean and log-variance, (B, D) each, without gradients."""
+        return Posterior(self.mean.detach().clone(), self.log_var.detach().clone())
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.detach().clone(), "log_var": self.log_var.detach().clone(),
+                "optimiser": self.optimiser.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.mean.copy_(state["mean"])
+            self.log_var.copy_(state["log_var"])
+        self.optimiser.load_state_dict(state["optimiser"])

@@ -178,6 +178,16 @@ def evaluate(module, data, batch_size: int, seed: int) -> float:
     return total / len(data)
 
 
+def _validation_sum(module, data, score, seed: int) -> tuple[float, int]:
+    """(sum of the per-sample validation −ELBO, number of samples) of this rank: from
+    ``score`` when given, else :func:`evaluate` with noise fixed by ``seed``."""
+    if data is None or not len(data):
+        return 0.0, 0
+    if score is not None:
+        return score(module) * len(score), len(score)
+    return evaluate(module, data, 1024, seed) * len(data), len(data)
+
+
 class _SignalFlag:
     """Record SIGTERM/SIGINT during training instead of dying mid-step (main thread only)."""
 
@@ -204,7 +214,7 @@ class _SignalFlag:
 
 
 CHECKPOINT_FORMAT = "mvae-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 def _history_state(history: History) -> dict:
@@ -270,7 +280,8 @@ def _data_parallel(module: torch.nn.Module) -> torch.nn.Module:
 def train_module(module: torch.nn.Module, train_data, validation_data=None,
                  config: TrainConfig = TrainConfig(), *, checkpoint_path=None,
                  checkpoint_every: int = 0, fingerprint: str = "", resume: bool = False,
-                 handle_signals: bool = True, on_step=None, sharded: bool = False) -> History:
+                 handle_signals: bool = True, on_step=None, sharded: bool = False,
+                 validation_score=None) -> History:
     """Fit ``module`` by stochastic gradient descent on the negative ELBO.
 
     Parameters
@@ -303,6 +314,11 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
         shuffles its shard and takes ``batch_size // world`` rows per step, so a step still sees a
         global batch of ``batch_size``; the validation loss is averaged over all shards. Without
         it every rank holds the whole table and takes rows ``rank::world`` of a shared shuffle.
+    validation_score : callable, optional
+        ``validation_score(module)`` -> mean validation −ELBO per sample over ``len(
+        validation_score)`` samples, called after every epoch in place of :func:`evaluate` (e.g.
+        :class:`mvae.training.selection.RefinedValidation`); if it has ``state_dict`` and
+        ``load_state_dict(module, state)``, its state goes into checkpoints.
 
     Returns
     -------
@@ -368,6 +384,8 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
         best = float(ck["best"])
         best_state = ck["best_state"] or None
         since_best = int(ck["since_best"])
+        if validation_score is not None and hasattr(validation_score, "load_state_dict"):
+            validation_score.load_state_dict(module, ck["validation_state"])
         start_epoch, start_step = int(ck["epoch"]), int(ck["step"])
         order = ck["order"] if start_step > 0 else None
         sums = ck["sums"].numpy().copy()
@@ -401,6 +419,8 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
             "sums": torch.as_tensor(sums), "history": _history_state(history),
             "best": best, "best_epoch": history.best_epoch, "best_state": best_state or {},
             "since_best": since_best, "finished": finished, "stopped_early": stopped,
+            "validation_state": (validation_score.state_dict()
+                                 if hasattr(validation_score, "state_dict") else {}),
             "final_module": module.state_dict() if finished else {},
         })
 
@@ -454,17 +474,11 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
                         f"{step + 1}; checkpoint written to {checkpoint_path}",
                         flag.received, checkpoint_path)
             mean = [float(v) for v in sums / n_steps]  # plain floats: checkpoints hold no numpy
+            total, count = _validation_sum(module, validation_data, validation_score,
+                                           config.seed + 2 + (rank if sharded else 0))
             if sharded:  # the mean over every rank's validation shard
-                total = (evaluate(module, validation_data, 1024, config.seed + 2 + rank)
-                         * len(validation_data) if validation_data is not None
-                         and len(validation_data) else 0.0)
-                count = len(validation_data) if validation_data is not None else 0
                 total, count = dist.sum([total, count])
-                valid = float(total / count) if count else math.nan
-            else:
-                valid = float(evaluate(module, validation_data, 1024, config.seed + 2)
-                              if validation_data is not None and len(validation_data)
-                              else math.nan)
+            valid = float(total / count) if count else math.nan
             history.epoch.append(epoch + 1)
             history.train_loss.append(mean[0])
             history.train_reconstruction.append(mean[1])

@@ -1,0 +1,96 @@
+"""What early stopping should watch, and how many samples it should watch (issue 18, item 2).
+
+For each shipped table and seed: a seeded 80/20 outer split (``benchmarks/refine.py``'s), a fit on
+the 80 % under each variant, and the outer 20 % scored with ``score_samples`` defaults (refined
+posteriors, so the number judges the decoder the fit restored, not its encoder). Variants:
+
+- ``encoder``: the validation −ELBO under the encoder's posterior (before this change), 10 % split;
+- ``refined``: validation posteriors refined 5 Adam steps per epoch, warm-started across epochs
+  (:class:`mvae.training.selection.RefinedValidation`), 10 % split;
+- ``refined_min20`` (the package's default): the same with a floor of min(20, n // 4) validation
+  samples on small tables.
+
+Also recorded: the restored epoch, epochs run, CPU seconds of the fit (one torch thread).
+
+    python benchmarks/selection.py --seeds 0 1 2 -o benchmarks/results/selection/selection.tsv
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+import warnings
+
+try:
+    from benchmarks.refine import split
+    from benchmarks.shipped import TABLES, TsvRows
+except ImportError:  # run as a script: benchmarks/ itself is on the path
+    from refine import split
+    from shipped import TABLES, TsvRows
+
+VARIANTS = ("encoder", "refined", "refined_min20")
+
+
+@contextlib.contextmanager
+def variant(name: str):
+    """Patch the package into ``name`` for the duration (the default needs no patch)."""
+    import mvae.model
+    import mvae.training.selection as selection
+
+    saved = selection.RefinedValidation, mvae.model.MIN_VALIDATION
+    if name == "encoder":
+        selection.RefinedValidation = lambda *args, **kwargs: None  # -> loop.evaluate
+    if name in ("encoder", "refined"):
+        mvae.model.MIN_VALIDATION = 0  # 10 % of the samples, no floor
+    try:
+        yield
+    finally:
+        selection.RefinedValidation, mvae.model.MIN_VALIDATION = saved
+
+
+def fit_one(adata, seed: int, name: str) -> dict:
+    import mvae
+
+    train, held = split(adata.n_obs, seed)
+    model = mvae.MultinomialVAE(random_state=seed, threads=1, progress=False)
+    with variant(name), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.process_time()
+        model.fit(adata[train].copy())
+        cpu = time.process_time() - t0
+    scores = model.score_samples(adata[held].copy())
+    train_scores = model.score_samples(adata[train].copy())
+    return {"n_validation": len(model.validation_samples_), "best_epoch": int(model.best_epoch_),
+            "epochs": int(model.history_["epoch"].max()), "fit_cpu_s": round(cpu, 1),
+            "heldout_nelbo": round(float(scores.mean()), 2),
+            "train_nelbo": round(float(train_scores.mean()), 2)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("-o", "--output", required=True)
+    args = parser.parse_args(argv)
+    import torch
+
+    import mvae
+
+    torch.set_num_threads(1)
+    out = TsvRows(args.output)
+    for table in args.tables:
+        adata = mvae.read_counts(TABLES[table])
+        for seed in args.seeds:
+            for name in args.variants:
+                row = {"table": table, "seed": seed, "variant": name,
+                       **fit_one(adata, seed, name)}
+                out.append(row)
+                print("\t".join(str(v) for v in row.values()), flush=True)
+    out.close()
+    print(f"mvae from {mvae.__file__}")
+
+
+if __name__ == "__main__":
+    main()
