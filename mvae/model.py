@@ -319,7 +319,7 @@ class MultinomialVAE:
                            _dropped_report(dropped_s, dropped_f))
         rng = np.random.default_rng(self.seed_)
         n = len(data)
-        n_valid = _validation_size(n, float(self.validation_fraction))
+        n_valid = int(round(self.validation_fraction * n)) if n >= 10 else 0
         perm = rng.permutation(n)
         valid_idx, train_idx = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
         self.validation_samples_ = [data.sample_ids[i] for i in valid_idx]
@@ -549,8 +549,9 @@ class MultinomialVAE:
 
         With ``refine`` (``marginal`` objective) each chunk's posteriors are refined from the
         encoder's output with the decoder frozen (:func:`mvae.counts.refine.refine_posterior`)
-        and both outputs come from the refined posteriors; the noise of the refinement and of the
-        score are fixed by the model's seed.
+        and both outputs come from the refined posteriors. The draws of the refinement and of the
+        score are fixed by the model's seed and restart for every chunk (shared by its samples),
+        so a sample gets the same embedding and score whatever table or chunk it is in.
         """
         import torch
 
@@ -558,7 +559,6 @@ class MultinomialVAE:
         from .training.loop import torch_threads
 
         refine = bool(refine) and self.module_.config.objective == "marginal"
-        refine_gen = torch.Generator().manual_seed(self.seed_ + 5)
         score_gen = torch.Generator().manual_seed(self.seed_ + 3)
         embeddings, scores = [], []
         with torch_threads(self.threads):
@@ -567,7 +567,8 @@ class MultinomialVAE:
             for batch in batches:
                 if score or refine:  # Monte Carlo at every feature: dense chunks
                     batch = _dense_batch(batch)
-                post = (refine_posterior(self.module_, batch, generator=refine_gen)
+                post = (refine_posterior(self.module_, batch,
+                                         generator=torch.Generator().manual_seed(self.seed_ + 5))
                         if refine else None)
                 with torch.no_grad():
                     if embed:
@@ -577,8 +578,11 @@ class MultinomialVAE:
                     if score and post is None:
                         terms = self.module_.loss(batch, generator=score_gen, n_samples=n_samples)
                     elif score:
-                        eps = torch.randn((n_samples, *post.mean.shape), dtype=post.mean.dtype,
-                                          generator=score_gen)
+                        # draws shared by the chunk's samples: a sample's score does not
+                        # depend on the chunk it is in (nor do its refined posterior's draws)
+                        eps = torch.randn((n_samples, 1, post.mean.shape[1]),
+                                          dtype=post.mean.dtype,
+                                          generator=torch.Generator().manual_seed(self.seed_ + 3))
                         terms = dense_loss_terms(post.mean, post.log_var, prior, batch.counts,
                                                  eps, batch.log_const)
                     if score:
@@ -1016,19 +1020,6 @@ def _pca_initialise(module, n: int, read_rows, rng) -> None:
 #: Optimiser steps the automatic epoch budget aims at, and the patience in steps.
 BUDGET_STEPS = 5000
 PATIENCE_STEPS = 300
-
-
-#: The validation split's floor on small tables: at least min(MIN_VALIDATION, n // 4) samples.
-MIN_VALIDATION = 20
-
-
-def _validation_size(n: int, fraction: float) -> int:
-    """Samples set aside for validation: ``fraction`` of n, but at least min(20, n // 4) so that
-    early stopping on a small table watches more than a handful of samples (none below 10
-    samples or with ``fraction`` 0)."""
-    if n < 10 or fraction <= 0:
-        return 0
-    return max(int(round(fraction * n)), min(MIN_VALIDATION, n // 4))
 
 
 def _epoch_budget(n_train: int, batch_size: int, max_epochs, patience) -> tuple[int, int]:

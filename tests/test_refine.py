@@ -128,3 +128,13 @@ def test_denoise_rows_are_compositions(fitted):
     p = model.denoise(X[100:])
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-10)
     assert not np.allclose(p, model.denoise(X[100:], refine=False))
+
+
+def test_a_samples_refined_result_does_not_depend_on_its_batch(fitted):
+    """The same sample, alone or among others, gets the same embedding and score (up to float32
+    rounding: the reductions run over other shapes)."""
+    model, X = fitted
+    emb, scores = model.embed_and_score(X[100:])
+    alone_emb, alone_score = model.embed_and_score(X[105:106])
+    np.testing.assert_allclose(alone_emb[0], emb[5], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(alone_score[0], scores[5], rtol=1e-5)

@@ -13,8 +13,8 @@ own objective, starting from the encoder's output:
         - \\mathrm{KL}(q \\,\\|\\, N(\\tilde b, \\tilde W\\tilde W^\\top + \\sigma^2 I)).
 
 The samples of a batch are independent problems; Adam, whose update is elementwise, treats them
-so while they share one optimiser (a sample's trajectory does not depend on its batch-mates, only
-on the noise drawn for it). The step size starts large and decays to zero on a cosine. The expected log-likelihood is the Monte Carlo estimate with
+so while they share one optimiser, and the draws of a step are shared by the samples of the
+batch, so a sample's trajectory does not depend on its batch-mates. The step size starts large and decays to zero on a cosine. The expected log-likelihood is the Monte Carlo estimate with
 ``n_samples`` draws per step, as in training on dense batches; the noise comes from the caller's
 generator, so the result is deterministic for a seed. The number of steps and the step size are
 the package's choice, made from the curves in ``benchmarks/results/refine/``.
@@ -41,8 +41,8 @@ def dense_loss_terms(mean: torch.Tensor, log_var: torch.Tensor, prior: LowRankPr
                      counts: torch.Tensor, eps: torch.Tensor,
                      log_const: torch.Tensor | None = None) -> LossTerms:
     """ELBO terms of a diagonal Gaussian q(ℓ) = N(mean, diag exp(log_var)) given as dense (B, D)
-    arrays: the Monte Carlo expected log-likelihood over the draws ``eps`` (S, B, D) and the KL to
-    ``prior``, each of shape (B,)."""
+    arrays: the Monte Carlo expected log-likelihood over the draws ``eps`` ((S, B, D), or
+    (S, 1, D) for draws shared by the samples) and the KL to ``prior``, each of shape (B,)."""
     recon = gaussian_multinomial_log_prob(mean, torch.exp(0.5 * log_var), eps, counts,
                                           log_const).mean(0)  # (S, B) -> (B,)
     return LossTerms(reconstruction=recon, kl=kl_diag_to_lowrank(mean, log_var, prior))
@@ -132,7 +132,10 @@ class PosteriorSet:
     def step(self, prior: LowRankPrior, steps: int, generator: torch.Generator | None, *,
              n_samples: int = 1, after_step=None, on_step=None) -> None:
         """``steps`` Adam steps on the −ELBO under ``prior`` (detached: :func:`frozen_prior`)."""
-        shape = (n_samples, *self.mean.shape)
+        # one draw per feature and step shared by the batch's samples: each sample's problem is
+        # its own, so sharing costs it nothing, and its result then does not depend on which
+        # samples it was batched with (the same sample gets the same posterior in any table)
+        shape = (n_samples, 1, self.mean.shape[1])
         with torch.enable_grad():
             for step in range(steps):
                 eps = torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device,

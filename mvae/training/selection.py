@@ -103,12 +103,17 @@ class RefinedValidation:
         self.generator.set_state(state["generator"])
 
     def _build(self, module) -> None:
-        """One posterior set per chunk, started at the encoder's output, and the score's draws."""
+        """One posterior set per chunk, started at the encoder's output (in eval mode: no
+        dropout, so the global random state that dropout draws from is untouched), and the
+        score's draws."""
         self.sets, self._eps = [], []
         gen = torch.Generator(device=self.generator.device).manual_seed(self._score_seed)
+        was_training = module.training
+        module.eval()
         for counts, log_const in self._batches():
             with torch.no_grad():
                 start = module.encode(counts)
             self.sets.append(PosteriorSet(counts, start, self.learning_rate, log_const))
             self._eps.append(torch.randn((1, *counts.shape), dtype=start.mean.dtype,
                                          device=counts.device, generator=gen))
+        module.train(was_training)
