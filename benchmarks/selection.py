@@ -11,7 +11,8 @@ posteriors, so the number judges the decoder the fit restored, not its encoder).
 (A floor of min(20, n // 4) validation samples on small tables was measured on moving pictures
 and not adopted: ``benchmarks/results/selection/README.md``.)
 
-Also recorded: the restored epoch, epochs run, CPU seconds of the fit (one torch thread).
+Also recorded: the restored epoch, epochs run, CPU seconds of the fit (one torch thread), and
+each fit's per-epoch history (``histories/``).
 
     python benchmarks/selection.py --seeds 0 1 2 -o benchmarks/results/selection/selection.tsv
 """
@@ -22,6 +23,7 @@ import argparse
 import contextlib
 import time
 import warnings
+from pathlib import Path
 
 try:
     from benchmarks.refine import split
@@ -47,7 +49,7 @@ def variant(name: str):
         selection.RefinedValidation = saved
 
 
-def fit_one(adata, seed: int, name: str) -> dict:
+def fit_one(adata, seed: int, name: str, history_path=None) -> dict:
     import mvae
 
     train, held = split(adata.n_obs, seed)
@@ -57,6 +59,9 @@ def fit_one(adata, seed: int, name: str) -> dict:
         t0 = time.process_time()
         model.fit(adata[train].copy())
         cpu = time.process_time() - t0
+    if history_path is not None:  # per-epoch losses, for the stopping rules (benchmarks/stopping.py)
+        Path(history_path).parent.mkdir(parents=True, exist_ok=True)
+        model.history_.to_csv(history_path, sep="\t", index=False)
     scores = model.score_samples(adata[held].copy())
     train_scores = model.score_samples(adata[train].copy())
     return {"n_validation": len(model.validation_samples_), "best_epoch": int(model.best_epoch_),
@@ -82,8 +87,9 @@ def main(argv=None) -> None:
         adata = mvae.read_counts(TABLES[table])
         for seed in args.seeds:
             for name in args.variants:
+                history = Path(args.output).parent / "histories" / f"{table}_{seed}_{name}.tsv"
                 row = {"table": table, "seed": seed, "variant": name,
-                       **fit_one(adata, seed, name)}
+                       **fit_one(adata, seed, name, history)}
                 out.append(row)
                 print("\t".join(str(v) for v in row.values()), flush=True)
     out.close()

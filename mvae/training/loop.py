@@ -178,6 +178,15 @@ def evaluate(module, data, batch_size: int, seed: int) -> float:
     return total / len(data)
 
 
+def _kept(checkpoint_path, finished: bool = False) -> str:
+    """Where the interrupted work is, for the interruption's message."""
+    if checkpoint_path is None:
+        return "no checkpoint was asked for, so the work is lost (fit with a checkpoint to keep it)"
+    if finished:
+        return f"the finished state is in {checkpoint_path}"
+    return f"checkpoint written to {checkpoint_path}"
+
+
 def _validation_sum(module, data, score, seed: int) -> tuple[float, int]:
     """(sum of the per-sample validation −ELBO, number of samples) of this rank: from
     ``score`` when given, else :func:`evaluate` with noise fixed by ``seed``."""
@@ -471,7 +480,7 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
                     checkpoint(epoch, step + 1)
                     raise TrainingInterrupted(
                         f"interrupted by signal {flag.received} at epoch {epoch + 1}, step "
-                        f"{step + 1}; checkpoint written to {checkpoint_path}",
+                        f"{step + 1}; {_kept(checkpoint_path)}",
                         flag.received, checkpoint_path)
             mean = [float(v) for v in sums / n_steps]  # plain floats: checkpoints hold no numpy
             total, count = _validation_sum(module, validation_data, validation_score,
@@ -508,8 +517,8 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
             if flag.received is not None:
                 checkpoint(epoch + 1, 0)
                 raise TrainingInterrupted(
-                    f"interrupted by signal {flag.received} after epoch {epoch + 1}; checkpoint "
-                    f"written to {checkpoint_path}", flag.received, checkpoint_path)
+                    f"interrupted by signal {flag.received} after epoch {epoch + 1}; "
+                    f"{_kept(checkpoint_path)}", flag.received, checkpoint_path)
             if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
                 checkpoint(epoch + 1, 0)
         if bar is not None:
@@ -522,6 +531,6 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
         checkpoint(len(history.epoch), 0, finished=True, stopped=stopped)
         if flag.received is not None:  # the signal came during the last step: work is complete
             raise TrainingInterrupted(
-                f"interrupted by signal {flag.received} at the end of training; the finished "
-                f"state is in {checkpoint_path}", flag.received, checkpoint_path)
+                f"interrupted by signal {flag.received} at the end of training; "
+                f"{_kept(checkpoint_path, finished=True)}", flag.received, checkpoint_path)
     return history
