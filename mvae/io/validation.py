@@ -264,24 +264,35 @@ def _check_ids(ids, n: int, axis: str, dim: str, prefix: str) -> list[str] | Non
     return ids
 
 
-def _check_values(M: sp.csr_matrix, sample_ids, feature_ids, prefix: str) -> None:
-    data = M.data  # O(nnz): only stored entries can be bad, implicit zeros are fine
-    kind = M.dtype.kind
-    if kind == "b" or data.size == 0:
-        return
+#: Stored entries checked at a time: the masks stay in the processor's cache.
+_CHECK_BLOCK = 2**16
+
+
+def _invalid(data: np.ndarray, kind: str) -> np.ndarray:
+    """Mask of the entries that are not whole numbers in [0, 2**53]."""
     if kind == "f":
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(data)
             bad |= data < 0
             bad |= data > MAX_EXACT_COUNT
             bad |= data != np.floor(data)
-    elif kind == "i":
-        bad = (data < 0) | (data > MAX_EXACT_COUNT)
-    else:  # unsigned
-        bad = data > MAX_EXACT_COUNT
-    n_bad = int(np.count_nonzero(bad))
-    if n_bad == 0:
+        return bad
+    if kind == "i":
+        return (data < 0) | (data > MAX_EXACT_COUNT)
+    return data > MAX_EXACT_COUNT  # unsigned
+
+
+def _check_values(M: sp.csr_matrix, sample_ids, feature_ids, prefix: str) -> None:
+    data = M.data  # O(nnz): only stored entries can be bad, implicit zeros are fine
+    kind = M.dtype.kind
+    if kind == "b" or data.size == 0:
         return
+    # block by block: the masks of a whole table would be fresh memory several times its size
+    if not any(_invalid(data[a:a + _CHECK_BLOCK], kind).any()
+               for a in range(0, data.size, _CHECK_BLOCK)):
+        return
+    bad = _invalid(data, kind)  # something is wrong: find and count it
+    n_bad = int(np.count_nonzero(bad))
 
     k = int(np.argmax(bad))  # first bad stored entry = first in row-major order (canonical CSR)
     i = int(np.searchsorted(M.indptr, k, side="right") - 1)

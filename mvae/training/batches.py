@@ -22,6 +22,19 @@ SPARSE_DENSITY = 0.05
 EXACT_DEPTH = 2**20
 
 
+#: Stored entries per block when a table is converted (see :func:`_row_blocks`).
+BLOCK_ENTRIES = 2**17
+
+
+def _row_blocks(csr: sp.csr_matrix):
+    """(start, stop) of consecutive row blocks of about ``BLOCK_ENTRIES`` stored entries (at
+    least one row): the conversion's temporaries are then the size of a block and stay in the
+    processor's cache, instead of fresh memory the size of the table."""
+    n = csr.shape[0]
+    step = max(1, int(BLOCK_ENTRIES * n // max(1, csr.nnz)))
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
+
+
 @dataclass(frozen=True)
 class CountBatch:
     """A minibatch of counts with its per-sample multinomial constant.
@@ -77,8 +90,12 @@ class CountData:
         self.device = torch.device(device)
         self.dtype = dtype
         depth = np.asarray(csr.sum(axis=1)).ravel()
-        cum = np.concatenate([[0.0], np.cumsum(gammaln(csr.data + 1))])
-        per_row = cum[csr.indptr[1:]] - cum[csr.indptr[:-1]]  # Σ_d log x_d! per row, O(nnz)
+        per_row = np.zeros(self.n_samples)  # Σ_d log x_d! per row, O(nnz)
+        for start, stop in _row_blocks(csr):
+            a, b = csr.indptr[start], csr.indptr[stop]
+            cum = np.concatenate([[0.0], np.cumsum(gammaln(csr.data[a:b] + 1))])
+            ptr = csr.indptr[start:stop + 1] - a
+            per_row[start:stop] = cum[ptr[1:]] - cum[ptr[:-1]]
         # float64: log N! alone is ~2.6e13 at N = 10^12, far beyond float32's resolution
         self._log_const = torch.as_tensor(gammaln(depth + 1) - per_row, dtype=torch.float64,
                                           device=self.device)
@@ -91,7 +108,10 @@ class CountData:
             self._indices = torch.as_tensor(csr.indices.astype(np.int64), device=self.device)
             self._values = torch.as_tensor(csr.data, dtype=stored, device=self.device)
         else:
-            self._dense = torch.as_tensor(csr.toarray(), dtype=stored, device=self.device)
+            dense = torch.empty((self.n_samples, self.n_features), dtype=stored)
+            for start, stop in _row_blocks(csr):
+                dense[start:stop] = torch.from_numpy(csr[start:stop].toarray())
+            self._dense = dense.to(self.device)
 
     def __len__(self) -> int:
         return self.n_samples
