@@ -95,18 +95,24 @@ if PROFILE:
     import cProfile, pstats
     profile = cProfile.Profile(time.process_time)
     profile.enable()
+import resource
+r0 = resource.getrusage(resource.RUSAGE_SELF)
 t = time.process_time()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     model.fit(X)
 fit = time.process_time() - t
+r1 = resource.getrusage(resource.RUSAGE_SELF)
 if PROFILE:
     profile.disable()
     pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
 row = {"import torch": t_torch, "import mvae": t_mvae, "fit": fit,
        "fixed": fit - excl["epochs"], **excl,
-       "dynamo imported": "torch._dynamo" in sys.modules}
+       "dynamo imported": "torch._dynamo" in sys.modules,
+       "fit: system CPU": r1.ru_stime - r0.ru_stime,
+       "fit: peak RSS growth (MB)": (r1.ru_maxrss - r0.ru_maxrss) / 1024}
 row["rest"] = row["fixed"] - sum(v for k, v in excl.items() if k != "epochs")
+row["fixed + import torch + import mvae"] = row["fixed"] + t_torch + t_mvae
 print("ROW " + json.dumps(row))
 """
 

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from mvae.io import sources
-from mvae.io.sources import InMemoryCounts, _row_sums
+from mvae.io.sources import InMemoryCounts
 
 
 def _table(seed=0, n=37, D=11):
@@ -26,15 +26,6 @@ def _source(X):
 def block(request, monkeypatch):
     monkeypatch.setattr(sources, "PASS_ENTRIES", request.param)
     return request.param
-
-
-def test_row_sums_match_numpy_with_empty_rows():
-    X = _table()
-    M = sp.csr_matrix(X)
-    np.testing.assert_allclose(_row_sums(M.data, M.indptr), X.sum(axis=1), rtol=1e-14)
-    tail = M[20:]  # a stretch whose pointers do not start at 0
-    np.testing.assert_allclose(_row_sums(tail.data, tail.indptr), X[20:].sum(axis=1), rtol=1e-14)
-    assert list(_row_sums(np.zeros(0), np.zeros(4, dtype=np.int64))) == [0.0] * 3
 
 
 def test_blocks_cover_the_table_in_order(block):

@@ -134,6 +134,8 @@ class CountSource:
             \\sum_i (\\tfrac1D\\sum_d y_{id}^2 - \\bar y_i^2)]`; pass the (summed) array to
             :func:`finish_input_statistics`.
         """
+        from mvae.training.batches import csr_row_sums
+
         c = float(pseudocount)
         D = self.n_features
         totals, y_cols = np.zeros(D), np.zeros(D)
@@ -143,8 +145,8 @@ class CountSource:
             y = np.log1p(M.data / c)  # at the non-zeros; zeros stay zero
             y_cols += np.bincount(M.indices, weights=y, minlength=D)
             # per-row sums of y and y² over each row's stretch of the non-zeros
-            row_mean = _row_sums(y, M.indptr) / D
-            sq = _row_sums(np.square(y, out=y), M.indptr) / D
+            row_mean = csr_row_sums(y, M.indptr) / D
+            sq = csr_row_sums(np.square(y, out=y), M.indptr) / D
             s_mean += float(row_mean.sum())
             s_spread += float((sq - row_mean**2).sum())
         return np.concatenate([totals, y_cols, [float(self.n_samples), s_mean, s_spread]])
@@ -168,16 +170,6 @@ class CountSource:
             size = self.n_samples // world_size
             return self.subset(np.arange(rank * size, (rank + 1) * size))
         return self.subset(np.array_split(np.arange(self.n_samples), world_size)[rank])
-
-
-def _row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-    """The sum of ``values`` over each row's stretch ``indptr[i]:indptr[i + 1]`` of a CSR
-    matrix's stored entries (0 for a row without any); ``values`` has ``indptr[-1]`` entries."""
-    out = np.zeros(len(indptr) - 1)
-    filled = np.flatnonzero(np.diff(indptr))
-    if filled.size:  # a stretch ends where the next filled row's begins: empty rows add nothing
-        out[filled] = np.add.reduceat(values, indptr[filled] - indptr[0])
-    return out
 
 
 def finish_input_statistics(sums: np.ndarray, pseudocount: float, n_features: int):
@@ -293,7 +285,8 @@ class InMemoryCounts(CountSource):
     def subset(self, positions) -> "InMemoryCounts":
         """The rows at ``positions``."""
         positions = np.asarray(positions, dtype=np.int64)
-        return InMemoryCounts(self.X[positions], [self.sample_ids[i] for i in positions],
+        X = self.X if _is_every(positions, self.n_samples) else self.X[positions]
+        return InMemoryCounts(X, [self.sample_ids[i] for i in positions],
                               self.feature_ids, self.device, self.sparse)
 
     def select(self, rows, features) -> "InMemoryCounts":

@@ -133,8 +133,10 @@ def check_counts(
     Returns
     -------
     scipy.sparse.csr_matrix, shape (n_samples, n_features)
-        A new matrix of ``float64`` values that are exact non-negative integers, in canonical
-        form (sorted indices, no duplicate or explicitly stored zero entries).
+        ``float64`` values that are exact non-negative integers, in canonical form (sorted
+        indices, no duplicate or explicitly stored zero entries): a new matrix, unless ``X`` is
+        such a CSR matrix already, in which case the result shares its arrays (a copy of a
+        large table costs its size in fresh memory; neither is ever modified).
 
     Raises
     ------
@@ -150,6 +152,7 @@ def check_counts(
     O(nnz). Dense input is converted to CSR first (O(n_samples x n_features), unavoidable).
     """
     prefix = f"{source}: " if source else ""
+    clean = None  # whether M is already what this returns (then it is returned as it is)
 
     pd = sys.modules.get("pandas")  # a DataFrame can only exist if pandas was imported
     if pd is not None and isinstance(X, pd.DataFrame):
@@ -164,8 +167,12 @@ def check_counts(
                 f"{prefix}expected a 2-D count table (samples x features), got a "
                 f"{X.ndim}-D sparse array of shape {X.shape}."
             )
-        # copy=True: sum_duplicates() below sorts in place and must not touch the caller's arrays
-        M = sp.csr_matrix(X, copy=True)
+        M = sp.csr_matrix(X)  # X's own arrays when X is CSR already
+        clean = _is_clean(M)
+        data = getattr(X, "data", None)
+        if not clean and isinstance(data, np.ndarray) and np.may_share_memory(M.data, data):
+            # sum_duplicates() and eliminate_zeros() below work in place: never on X's arrays
+            M = M.copy()
     else:
         arr = np.asarray(X)
         if arr.ndim != 2:
@@ -188,12 +195,25 @@ def check_counts(
             f"{prefix}counts must be numbers, got values of type {M.dtype}. "
             "Pass a table of integer read counts."
         )
+    if clean if clean is not None else _is_clean(M):
+        _check_values(M, sample_ids, feature_ids, prefix)
+        return M
     M.sum_duplicates()  # canonical: stored entries are in row-major order
     _check_values(M, sample_ids, feature_ids, prefix)
 
     out = M.astype(np.float64, copy=M.dtype != np.float64)
     out.eliminate_zeros()
     return out
+
+
+def _is_clean(M: sp.csr_matrix) -> bool:
+    """Whether ``M`` is float64 in canonical form (sorted, no duplicates) with no stored zero:
+    what :func:`check_counts` returns, so that it need not copy such a matrix."""
+    if M.dtype != np.float64 or not M.has_canonical_format:
+        return False
+    data = M.data
+    return not any((data[a:a + _CHECK_BLOCK] == 0).any()
+                   for a in range(0, data.size, _CHECK_BLOCK))
 
 
 def _dataframe_values(df) -> np.ndarray:
