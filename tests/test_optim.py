@@ -84,6 +84,18 @@ def test_fused_path_is_bitwise_torchs_fused_adam():
         assert torch.equal(p, q)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_path_on_cuda_is_torchs_fused_adam():
+    ours_m, ref_m = (m.cuda() for m in _pair(torch.float32))
+    data = [(x.cuda(), y.cuda()) for x, y in _data(torch.float32, 20)]
+    ours = Adam(ours_m.parameters(), lr=3e-3)
+    _run(ours_m, ours, data)
+    _run(ref_m, torch.optim.Adam(ref_m.parameters(), lr=3e-3, fused=True), data)
+    assert ours.state[0]["step"].device.type == "cuda"
+    for p, q in zip(ours_m.parameters(), ref_m.parameters()):
+        assert torch.equal(p, q)
+
+
 @pytest.mark.parametrize("direction", ["torch-to-ours", "ours-to-torch"])
 def test_state_dict_resumes_across_implementations(direction):
     """A checkpoint's optimiser state written by one Adam continues under the other as if
