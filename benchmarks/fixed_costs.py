@@ -11,14 +11,18 @@ simulated 5,000 x 2,000 dense table (``throughput.py``'s) and reports CPU second
 - ``fixed``: ``fit`` - ``epochs``, the target of issue 19 item 2 (<= 1 CPU-second);
 - the parts of ``fixed``, each the CPU time of the named function less that of any other named
   function it calls, and ``rest``: the remainder (ids, the dropped-feature report, the module's
-  construction, pandas' import for the history, ...).
+  construction, ...);
+- the imports: ``import torch``, ``import mvae`` and the modules a fit imports on its first call
+  (``FIT_IMPORTS``: pandas, scipy submodules, mvae's training modules), imported and timed before
+  the fit unless ``--imports-in-fit`` leaves them inside it.
 
 The parts are timed by wrapping the functions in the child process (no profiler: its overhead
 falls unevenly on Python-heavy and C-heavy code). A function the measured package does not have
 reads 0. ``--profile`` adds one cProfile run (CPU-time clock) and prints the 40 largest
 cumulative entries, to find what the parts are made of.
 
-    python benchmarks/fixed_costs.py [--runs 3] [--full-svd] [--profile]
+    python benchmarks/fixed_costs.py [--runs 3] [--full-svd] [--profile] [--imports-in-fit]
+    python benchmarks/fixed_costs.py --adam-steps    # one optimiser step, torch's Adam and ours
     python benchmarks/fixed_costs.py --compare DIR   # DIR: an export of an earlier mvae/,
                                                      # e.g. git archive BASE mvae | tar -x -C DIR
 With ``--compare`` the runs alternate between the package in DIR and the checkout's, and the
@@ -155,6 +159,47 @@ def run_child(package_root: Path, full_svd: bool, profile: bool, preimport: bool
     return json.loads(line[4:])
 
 
+def adam_steps(sizes=(2000, 20000), steps: int = 100, repeats: int = 5) -> dict:
+    """CPU milliseconds of one Adam step over a default module's parameters (one thread, fixed
+    gradients): torch.optim.Adam's three implementations against mvae's Adam, which calls the
+    fused kernel or, with ``fused=False``, writes the update in tensor operations."""
+    import time
+
+    import torch
+
+    from mvae.counts import MultinomialVAEModule, MVAEConfig
+    from mvae.training.optim import Adam
+
+    torch.set_num_threads(1)
+    makers = {
+        "torch.optim.Adam(fused=True)": lambda ps: torch.optim.Adam(ps, lr=3e-3, fused=True),
+        "torch.optim.Adam(foreach=True)": lambda ps: torch.optim.Adam(ps, lr=3e-3, foreach=True),
+        "torch.optim.Adam(foreach=False)": lambda ps: torch.optim.Adam(ps, lr=3e-3,
+                                                                      foreach=False),
+        "mvae Adam (fused kernel)": lambda ps: Adam(ps, lr=3e-3),
+        "mvae Adam(fused=False)": lambda ps: Adam(ps, lr=3e-3, fused=False),
+    }
+    out = {}
+    for D in sizes:
+        params = [p for p in MultinomialVAEModule(MVAEConfig(n_features=D)).parameters()]
+        gen = torch.Generator().manual_seed(0)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen) * 1e-2
+        for name, make in makers.items():
+            opt = make(params)
+            opt.step()  # the state is created at the first step
+            best = float("inf")
+            for _ in range(repeats):  # the least of several: other work on shared cores
+                t = time.process_time()
+                for _ in range(steps):
+                    opt.step()
+                best = min(best, time.process_time() - t)
+            out[f"D={D}: {name}"] = round(best / steps * 1e3, 3)
+    for k, v in out.items():
+        print(f"{k}: {v} ms per step")
+    return out
+
+
 def medians(rows: list[dict]) -> dict:
     return {k: (round(statistics.median(r[k] for r in rows), 2)
                 if not isinstance(rows[0][k], bool) else any(r[k] for r in rows))
@@ -170,7 +215,11 @@ def main(argv=None) -> dict:
                    help="leave the fit's own imports (pandas, ...) inside the fit's time")
     p.add_argument("--compare", type=Path, default=None,
                    help="a directory holding an earlier mvae/ package to measure alongside")
+    p.add_argument("--adam-steps", action="store_true",
+                   help="only time one optimiser step of each Adam (D = 2,000 and 20,000)")
     args = p.parse_args(argv)
+    if args.adam_steps:
+        return adam_steps()
     roots = {"now": HERE.parent}
     if args.compare is not None:
         roots = {"before": args.compare.resolve(), **roots}
