@@ -137,7 +137,8 @@ row = {"import torch": t_torch, "import mvae": t_mvae,
        "modules the fit imported": len(set(sys.modules) - loaded)}
 row["rest"] = row["fixed"] - sum(v for k, v in excl.items() if k != "epochs")
 row["fixed + the fit's imports"] = row["fixed"] + t_fit_imports
-row["fixed + all imports (torch, mvae, the fit's)"] = row["fixed"] + t_fit_imports + t_torch + t_mvae
+row["fixed + all imports (torch, mvae, the fit's)"] = (row["fixed"] + t_fit_imports + t_torch
+                                                      + t_mvae)
 print("ROW " + json.dumps(row))
 """
 
