@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from collections import Counter
 from dataclasses import asdict
@@ -32,11 +33,10 @@ _BASES = ("helmert", "balanced", "tree")
 
 
 def _anndata_type():
-    try:
-        import anndata
-    except ImportError:  # pragma: no cover - anndata is a dependency
-        return None
-    return anndata.AnnData
+    # an AnnData can only exist if anndata was imported; importing it just to ask costs a fit
+    # of a plain array a third of a CPU-second
+    anndata = sys.modules.get("anndata")
+    return None if anndata is None else anndata.AnnData
 
 
 def _is_anndata(X) -> bool:
@@ -341,7 +341,9 @@ class MultinomialVAE:
                         None if local_valid is None else local_valid.on(device), stats=stats,
                         pca_rows=lambda idx: train.subset(idx).to_csr(),
                         n_pca_source=len(train), sharded=info is not None,
-                        fingerprint=self._fingerprint_parts(data.fingerprint_parts()), rng=rng,
+                        # a checkpoint's record of the data: a hash of every count, so only then
+                        fingerprint=(self._fingerprint_parts(data.fingerprint_parts())
+                                     if checkpoint is not None else ""), rng=rng,
                         device=device, train_depths=depths[train_idx], checkpoint=checkpoint,
                         checkpoint_every=checkpoint_every, resume=resume)
         if is_streamed(source):

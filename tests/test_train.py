@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mvae.training.loop import _adam, _clip_gradients
+from mvae.training.loop import _clip_gradients
 
 
 def _params(seed, scale):
@@ -34,23 +34,6 @@ def test_clipping_reports_non_finite_gradients(bad):
     ps = _params(1, 1.0)
     ps[0].grad[1, 2] = bad
     assert not _clip_gradients(ps, 2.0)
-
-
-def test_fused_adam_takes_the_same_steps_as_the_default():
-    """The fused kernel used for training against torch's reference (for-loop) Adam."""
-    torch.manual_seed(0)
-    a, b = torch.nn.Linear(6, 4).double(), torch.nn.Linear(6, 4).double()
-    b.load_state_dict(a.state_dict())
-    opt_a, opt_b = _adam(a, 1e-2), torch.optim.Adam(b.parameters(), lr=1e-2, foreach=False)
-    assert opt_a.defaults.get("fused")
-    x = torch.randn(8, 6, dtype=torch.float64)
-    for _ in range(5):
-        for m, opt in ((a, opt_a), (b, opt_b)):
-            opt.zero_grad()
-            m(x).pow(2).sum().backward()
-            opt.step()
-    for p, q in zip(a.parameters(), b.parameters()):
-        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-10)
 
 
 def test_the_library_changes_no_process_wide_allocator_or_c_state():

@@ -195,6 +195,44 @@ def test_input_not_modified():
     np.testing.assert_array_equal(df.to_numpy(), dense_before)
 
 
+def test_a_clean_float64_csr_is_checked_but_not_copied():
+    """A table already in the returned form (float64 CSR, canonical, no stored zero) is not
+    copied, and is still checked; anything else is copied before it is canonicalised."""
+    rng = np.random.default_rng(5)
+    X = sp.csr_matrix(_counts(rng).astype(np.float64))
+    before = (X.data.copy(), X.indices.copy(), X.indptr.copy())
+    out = check_counts(X)
+    assert np.shares_memory(out.data, X.data)
+    np.testing.assert_array_equal(out.toarray(), X.toarray())
+    for a, b in zip((X.data, X.indices, X.indptr), before):
+        np.testing.assert_array_equal(a, b)
+    for bad, match in ((0.5, "not a whole number"), (-1.0, "negative")):
+        Y = X.copy()
+        Y.data[-1] = bad  # in the last block of the check
+        with pytest.raises(InputError, match=match):
+            check_counts(Y)
+    zeros = X.copy()
+    zeros.data[0] = 0.0  # a stored zero: the result drops it, on a copy
+    out = check_counts(zeros)
+    assert zeros.data[0] == 0.0 and zeros.nnz == X.nnz and out.nnz == X.nnz - 1
+    assert not np.shares_memory(out.data, zeros.data)
+    wide = X.astype(np.int64)  # another dtype: converted, never shared
+    assert not np.shares_memory(check_counts(wide).data, wide.data)
+
+
+def test_an_invalid_value_far_into_a_large_table_is_found_and_counted():
+    """The values are checked block by block; the first bad entry in row-major order is named
+    and the others are counted, wherever the blocks fall."""
+    n, D = 400, 1000
+    X = sp.csr_matrix(np.ones((n, D)))  # 400,000 stored entries: several blocks
+    X.data[[150_123, 150_124, 399_999]] = [2.5, -3.0, np.nan]
+    i, j = divmod(150_123, D)
+    with pytest.raises(InputError, match=rf"row {i}\), .*column {j}\): value 2.5 is not a "
+                                         r"whole number.*2 more invalid values"):
+        check_counts(X, sample_ids=[f"s{k}" for k in range(n)],
+                     feature_ids=[f"f{k}" for k in range(D)])
+
+
 def test_large_sparse_table():
     # 2000 x 100000 at 1% density: 2 million stored values; the check is O(nnz)
     rng = np.random.default_rng(4)

@@ -134,6 +134,8 @@ class CountSource:
             \\sum_i (\\tfrac1D\\sum_d y_{id}^2 - \\bar y_i^2)]`; pass the (summed) array to
             :func:`finish_input_statistics`.
         """
+        from mvae.training.batches import csr_row_sums
+
         c = float(pseudocount)
         D = self.n_features
         totals, y_cols = np.zeros(D), np.zeros(D)
@@ -143,9 +145,8 @@ class CountSource:
             y = np.log1p(M.data / c)  # at the non-zeros; zeros stay zero
             y_cols += np.bincount(M.indices, weights=y, minlength=D)
             # per-row sums of y and y² over each row's stretch of the non-zeros
-            row_of = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
-            row_mean = np.bincount(row_of, weights=y, minlength=M.shape[0]) / D
-            sq = np.bincount(row_of, weights=y * y, minlength=M.shape[0]) / D
+            row_mean = csr_row_sums(y, M.indptr) / D
+            sq = csr_row_sums(np.square(y, out=y), M.indptr) / D
             s_mean += float(row_mean.sum())
             s_spread += float((sq - row_mean**2).sum())
         return np.concatenate([totals, y_cols, [float(self.n_samples), s_mean, s_spread]])
@@ -221,6 +222,15 @@ def input_statistics(source: CountSource, pseudocount: float, info=None):
                                    source.n_features)
 
 
+def _is_every(positions: np.ndarray, n: int) -> bool:
+    """Whether ``positions`` is 0, 1, ..., n - 1."""
+    return len(positions) == n and bool(np.array_equal(positions, np.arange(n)))
+
+
+#: Stored entries per block of a pass over an in-memory table (see ``InMemoryCounts``).
+PASS_ENTRIES = 2**17
+
+
 class InMemoryCounts(CountSource):
     """A validated count matrix in memory with its ids, as a source for a fit.
 
@@ -241,7 +251,8 @@ class InMemoryCounts(CountSource):
         self.X = sp.csr_matrix(X)
         self.X.sort_indices()
         self.n_samples, self.n_features = self.X.shape
-        self.chunk_rows = max(1, self.n_samples)
+        # rows of about PASS_ENTRIES stored entries (at least one row)
+        self.chunk_rows = max(1, int(PASS_ENTRIES * self.n_samples // max(1, self.X.nnz)))
         self.sample_ids, self.feature_ids = list(sample_ids), list(feature_ids)
         if len(self.sample_ids) != self.n_samples or len(self.feature_ids) != self.n_features:
             raise InputError(f"{len(self.sample_ids)} sample ids and {len(self.feature_ids)} "
@@ -256,7 +267,16 @@ class InMemoryCounts(CountSource):
         self._batches = None
 
     def _csr_chunks(self):
-        yield 0, self.X.astype(np.float64, copy=False)
+        # views of consecutive row blocks, not copies: a pass's temporaries (logs, squares,
+        # masks) are then the size of a block and stay in the processor's cache, where over the
+        # whole table they were fresh memory of the table's size, several times per pass
+        X, n, step = self.X, self.n_samples, self.chunk_rows
+        for c, start in enumerate(range(0, n, step)):
+            stop = min(start + step, n)
+            a, b = X.indptr[start], X.indptr[stop]
+            yield c, sp.csr_matrix((X.data[a:b].astype(np.float64, copy=False), X.indices[a:b],
+                                    X.indptr[start:stop + 1] - a), shape=(stop - start,
+                                                                          self.n_features))
 
     def to_csr(self) -> sp.csr_matrix:
         """The rows, as CSR."""
@@ -265,14 +285,21 @@ class InMemoryCounts(CountSource):
     def subset(self, positions) -> "InMemoryCounts":
         """The rows at ``positions``."""
         positions = np.asarray(positions, dtype=np.int64)
-        return InMemoryCounts(self.X[positions], [self.sample_ids[i] for i in positions],
+        X = self.X if _is_every(positions, self.n_samples) else self.X[positions]
+        return InMemoryCounts(X, [self.sample_ids[i] for i in positions],
                               self.feature_ids, self.device, self.sparse)
 
     def select(self, rows, features) -> "InMemoryCounts":
         """The rows and features (positions) kept, in their order (the layout is decided anew
         from their density)."""
         rows, features = np.asarray(rows, dtype=np.int64), np.asarray(features, dtype=np.int64)
-        return InMemoryCounts(self.X[rows][:, features], [self.sample_ids[i] for i in rows],
+        X = self.X
+        # usually nothing was dropped: then no copy (the indexing copied the whole table)
+        if not _is_every(rows, self.n_samples):
+            X = X[rows]
+        if not _is_every(features, self.n_features):
+            X = X[:, features]
+        return InMemoryCounts(X, [self.sample_ids[i] for i in rows],
                               [self.feature_ids[j] for j in features], self.device)
 
     def on(self, device) -> "InMemoryCounts":

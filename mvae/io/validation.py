@@ -133,8 +133,10 @@ def check_counts(
     Returns
     -------
     scipy.sparse.csr_matrix, shape (n_samples, n_features)
-        A new matrix of ``float64`` values that are exact non-negative integers, in canonical
-        form (sorted indices, no duplicate or explicitly stored zero entries).
+        ``float64`` values that are exact non-negative integers, in canonical form (sorted
+        indices, no duplicate or explicitly stored zero entries): a new matrix, unless ``X`` is
+        such a CSR matrix already, in which case the result shares its arrays (a copy of a
+        large table costs its size in fresh memory; neither is ever modified).
 
     Raises
     ------
@@ -150,6 +152,7 @@ def check_counts(
     O(nnz). Dense input is converted to CSR first (O(n_samples x n_features), unavoidable).
     """
     prefix = f"{source}: " if source else ""
+    clean = None  # whether M is already what this returns (then it is returned as it is)
 
     pd = sys.modules.get("pandas")  # a DataFrame can only exist if pandas was imported
     if pd is not None and isinstance(X, pd.DataFrame):
@@ -164,8 +167,12 @@ def check_counts(
                 f"{prefix}expected a 2-D count table (samples x features), got a "
                 f"{X.ndim}-D sparse array of shape {X.shape}."
             )
-        # copy=True: sum_duplicates() below sorts in place and must not touch the caller's arrays
-        M = sp.csr_matrix(X, copy=True)
+        M = sp.csr_matrix(X)  # X's own arrays when X is CSR already
+        clean = _is_clean(M)
+        data = getattr(X, "data", None)
+        if not clean and isinstance(data, np.ndarray) and np.may_share_memory(M.data, data):
+            # sum_duplicates() and eliminate_zeros() below work in place: never on X's arrays
+            M = M.copy()
     else:
         arr = np.asarray(X)
         if arr.ndim != 2:
@@ -188,12 +195,25 @@ def check_counts(
             f"{prefix}counts must be numbers, got values of type {M.dtype}. "
             "Pass a table of integer read counts."
         )
+    if clean if clean is not None else _is_clean(M):
+        _check_values(M, sample_ids, feature_ids, prefix)
+        return M
     M.sum_duplicates()  # canonical: stored entries are in row-major order
     _check_values(M, sample_ids, feature_ids, prefix)
 
     out = M.astype(np.float64, copy=M.dtype != np.float64)
     out.eliminate_zeros()
     return out
+
+
+def _is_clean(M: sp.csr_matrix) -> bool:
+    """Whether ``M`` is float64 in canonical form (sorted, no duplicates) with no stored zero:
+    what :func:`check_counts` returns, so that it need not copy such a matrix."""
+    if M.dtype != np.float64 or not M.has_canonical_format:
+        return False
+    data = M.data
+    return not any((data[a:a + _CHECK_BLOCK] == 0).any()
+                   for a in range(0, data.size, _CHECK_BLOCK))
 
 
 def _dataframe_values(df) -> np.ndarray:
@@ -264,24 +284,35 @@ def _check_ids(ids, n: int, axis: str, dim: str, prefix: str) -> list[str] | Non
     return ids
 
 
-def _check_values(M: sp.csr_matrix, sample_ids, feature_ids, prefix: str) -> None:
-    data = M.data  # O(nnz): only stored entries can be bad, implicit zeros are fine
-    kind = M.dtype.kind
-    if kind == "b" or data.size == 0:
-        return
+#: Stored entries checked at a time: the masks stay in the processor's cache.
+_CHECK_BLOCK = 2**16
+
+
+def _invalid(data: np.ndarray, kind: str) -> np.ndarray:
+    """Mask of the entries that are not whole numbers in [0, 2**53]."""
     if kind == "f":
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(data)
             bad |= data < 0
             bad |= data > MAX_EXACT_COUNT
             bad |= data != np.floor(data)
-    elif kind == "i":
-        bad = (data < 0) | (data > MAX_EXACT_COUNT)
-    else:  # unsigned
-        bad = data > MAX_EXACT_COUNT
-    n_bad = int(np.count_nonzero(bad))
-    if n_bad == 0:
+        return bad
+    if kind == "i":
+        return (data < 0) | (data > MAX_EXACT_COUNT)
+    return data > MAX_EXACT_COUNT  # unsigned
+
+
+def _check_values(M: sp.csr_matrix, sample_ids, feature_ids, prefix: str) -> None:
+    data = M.data  # O(nnz): only stored entries can be bad, implicit zeros are fine
+    kind = M.dtype.kind
+    if kind == "b" or data.size == 0:
         return
+    # block by block: the masks of a whole table would be fresh memory several times its size
+    if not any(_invalid(data[a:a + _CHECK_BLOCK], kind).any()
+               for a in range(0, data.size, _CHECK_BLOCK)):
+        return
+    bad = _invalid(data, kind)  # something is wrong: find and count it
+    n_bad = int(np.count_nonzero(bad))
 
     k = int(np.argmax(bad))  # first bad stored entry = first in row-major order (canonical CSR)
     i = int(np.searchsorted(M.indptr, k, side="right") - 1)

@@ -114,8 +114,11 @@ def dense_counts(X, min_samples=2):
         names the sample and feature).
     """
     if sp.issparse(X):
-        X = X.toarray()
-    x = np.array(X, dtype=np.float64, copy=True)
+        x = X.toarray()  # a new array already: no second copy (it is the size of the table)
+        if x.dtype != np.float64:
+            x = x.astype(np.float64)
+    else:
+        x = np.array(X, dtype=np.float64, copy=True)
     if x.ndim != 2:
         raise InputError(f"X must be a 2-D samples x features table; got shape {x.shape}.")
     n, d = x.shape
@@ -185,7 +188,7 @@ def clr_with_pseudocount(X, pseudocount):
             f"X + pseudocount is 0 at sample {i}, feature {j}; the log of 0 is undefined. "
             "Use pseudocount > 0 or multiplicative_replacement."
         )
-    return centre_log_rows(np.log(x))
+    return centre_log_rows(np.log(x, out=x))  # x is this function's own copy
 
 
 def check_n_components(n_components, n: int, d: int) -> int:
@@ -220,10 +223,14 @@ def ppca(y, n_components, *, top_only: bool = False) -> PCAResult:
     -------
     PCAResult
     """
-    n, d = y.shape
-    k = check_n_components(n_components, n, d)
     mean = y.mean(axis=0)
-    yc = y - mean  # (n, D)
+    return _ppca_centred(y - mean, n_components, mean, top_only)
+
+
+def _ppca_centred(yc, n_components, mean, top_only: bool) -> PCAResult:
+    """:func:`ppca` of ``yc``, the clr table less its column means ``mean`` (used, not copied)."""
+    n, d = yc.shape
+    k = check_n_components(n_components, n, d)
     if top_only and k < min(n, d) - 1 and np.any(yc):
         from scipy.sparse.linalg import ArpackError
 
@@ -317,4 +324,7 @@ def clr_pca(X, n_components, pseudocount=1.0, *, top_only: bool = False) -> PCAR
     -------
     PCAResult
     """
-    return ppca(clr_with_pseudocount(X, pseudocount), n_components, top_only=top_only)
+    y = clr_with_pseudocount(X, pseudocount)  # (n, D), a new array: centred in place below
+    mean = y.mean(axis=0)
+    y -= mean
+    return _ppca_centred(y, n_components, mean, top_only)

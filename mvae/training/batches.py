@@ -7,6 +7,7 @@ gathers over CSR arrays (sparse). Sparse storage is used when the table's densit
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,66 @@ __all__ = ["CountData", "CountBatch", "SPARSE_DENSITY"]
 SPARSE_DENSITY = 0.05
 #: A batch holding a sample deeper than this is served in float64 (see :class:`CountData`).
 EXACT_DEPTH = 2**20
+
+
+def csr_row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """The sum of ``values`` over each row's stretch of a CSR matrix's stored entries.
+
+    Parameters
+    ----------
+    values : numpy.ndarray, shape (indptr[-1] - indptr[0],)
+        One value per stored entry of the rows, in order.
+    indptr : numpy.ndarray, shape (rows + 1,)
+        The rows' pointers (those of a block of rows of a larger matrix need not start at 0).
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (rows,)
+        0 for a row without stored entries.
+    """
+    out = np.zeros(len(indptr) - 1)
+    filled = np.flatnonzero(np.diff(indptr))
+    if filled.size:  # a stretch ends where the next filled row's begins: empty rows add nothing
+        out[filled] = np.add.reduceat(values, indptr[filled] - indptr[0])
+    return out
+
+
+#: Counts below this have their log-factorial looked up (see :func:`log_factorial`).
+FACTORIAL_TABLE = 2**16
+
+
+@functools.cache
+def _log_factorials() -> np.ndarray:
+    return gammaln(np.arange(FACTORIAL_TABLE, dtype=np.float64) + 1)
+
+
+def log_factorial(x: np.ndarray) -> np.ndarray:
+    """``scipy.special.gammaln(x + 1)`` (:math:`\\log x!` for whole numbers), elementwise, in
+    float64: looked up for the whole numbers below ``FACTORIAL_TABLE`` (the same values, an order
+    of magnitude faster than evaluating the function at every stored count of a table),
+    evaluated for anything else."""
+    x = np.asarray(x, dtype=np.float64)
+    table = (x >= 0) & (x < FACTORIAL_TABLE)  # False for NaN
+    k = np.where(table, x, 0.0).astype(np.intp)
+    table &= k == x  # whole numbers only
+    if table.all():
+        return _log_factorials()[k]
+    out = gammaln(x + 1)
+    out[table] = _log_factorials()[k[table]]
+    return out
+
+
+#: Stored entries per block when a table is converted (see :func:`_row_blocks`).
+BLOCK_ENTRIES = 2**17
+
+
+def _row_blocks(csr: sp.csr_matrix):
+    """(start, stop) of consecutive row blocks of about ``BLOCK_ENTRIES`` stored entries (at
+    least one row): the conversion's temporaries are then the size of a block and stay in the
+    processor's cache, instead of fresh memory the size of the table."""
+    n = csr.shape[0]
+    step = max(1, int(BLOCK_ENTRIES * n // max(1, csr.nnz)))
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
 
 
 @dataclass(frozen=True)
@@ -77,8 +138,11 @@ class CountData:
         self.device = torch.device(device)
         self.dtype = dtype
         depth = np.asarray(csr.sum(axis=1)).ravel()
-        cum = np.concatenate([[0.0], np.cumsum(gammaln(csr.data + 1))])
-        per_row = cum[csr.indptr[1:]] - cum[csr.indptr[:-1]]  # Σ_d log x_d! per row, O(nnz)
+        per_row = np.zeros(self.n_samples)  # Σ_d log x_d! per row, O(nnz)
+        for start, stop in _row_blocks(csr):
+            a, b = csr.indptr[start], csr.indptr[stop]
+            per_row[start:stop] = csr_row_sums(log_factorial(csr.data[a:b]),
+                                               csr.indptr[start:stop + 1])
         # float64: log N! alone is ~2.6e13 at N = 10^12, far beyond float32's resolution
         self._log_const = torch.as_tensor(gammaln(depth + 1) - per_row, dtype=torch.float64,
                                           device=self.device)
@@ -91,7 +155,10 @@ class CountData:
             self._indices = torch.as_tensor(csr.indices.astype(np.int64), device=self.device)
             self._values = torch.as_tensor(csr.data, dtype=stored, device=self.device)
         else:
-            self._dense = torch.as_tensor(csr.toarray(), dtype=stored, device=self.device)
+            dense = torch.empty((self.n_samples, self.n_features), dtype=stored)
+            for start, stop in _row_blocks(csr):
+                dense[start:stop] = torch.from_numpy(csr[start:stop].toarray())
+            self._dense = dense.to(self.device)
 
     def __len__(self) -> int:
         return self.n_samples
