@@ -1,8 +1,8 @@
-"""How many refinement steps, at what step size: the curves behind ``mvae.counts.refine``.
+"""How many refinement steps, at what step size: the curves behind ``mvae.training.refine``.
 
 For each shipped table and seed: a seeded 80/20 split of the samples, a default fit on the 80 %
 (``MultinomialVAE(random_state=seed, threads=1)``), then each sample's posterior refined from the
-encoder's output with the decoder frozen (:func:`mvae.counts.refine.refine_posterior`) at several
+encoder's output with the decoder frozen (:func:`mvae.training.refine.refine_posterior`) at several
 step sizes: Adam at a constant 0.03 for 400 steps, recorded along the way (the reference for
 "converged"), and the package's cosine-decayed schedule at several initial step sizes and numbers
 of steps. The mean −ELBO per sample (nats; 16 draws with noise fixed by the seed, the same draws
@@ -43,13 +43,14 @@ def _refine_constant(module, batch, start, lr, steps, generator, on_step):
     """The reference: Adam at a constant step size (the package's refinement decays it)."""
     import torch
 
-    from mvae.counts.refine import dense_loss_terms
+    from mvae.training.optim import Adam
+    from mvae.training.refine import dense_loss_terms
 
     with torch.no_grad():
         prior = module.prior()
     mean = start.mean.clone().requires_grad_(True)
     log_var = start.log_var.clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([mean, log_var], lr=lr)
+    optimiser = Adam([mean, log_var], lr=lr)
     for step in range(steps):
         eps = torch.randn((1, *mean.shape), generator=generator)
         loss = dense_loss_terms(mean, log_var, prior, batch.counts, eps,
@@ -63,7 +64,7 @@ def _refine_constant(module, batch, start, lr, steps, generator, on_step):
 def curves(model, M, seed: int, emit) -> None:
     import torch
 
-    from mvae.counts.refine import dense_loss_terms, refine_posterior
+    from mvae.training.refine import dense_loss_terms, refine_posterior
     from mvae.training.batches import CountBatch, CountData
 
     module = model.module_

@@ -550,14 +550,14 @@ class MultinomialVAE:
         """Embeddings (n, k) in the ordered form and/or −ELBO scores (n,), chunk by chunk.
 
         With ``refine`` (``marginal`` objective) each chunk's posteriors are refined from the
-        encoder's output with the decoder frozen (:func:`mvae.counts.refine.refine_posterior`)
+        encoder's output with the decoder frozen (:func:`mvae.training.refine.refine_posterior`)
         and both outputs come from the refined posteriors. The draws of the refinement and of the
         score are fixed by the model's seed and restart for every chunk (shared by its samples),
         so a sample gets the same embedding and score whatever table or chunk it is in.
         """
         import torch
 
-        from .counts.refine import dense_loss_terms, refine_posterior
+        from .training.refine import dense_loss_terms, refine_posterior
         from .training.loop import torch_threads
 
         refine = bool(refine) and self.module_.config.objective == "marginal"

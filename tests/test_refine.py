@@ -1,4 +1,4 @@
-"""Refined posteriors (mvae.counts.refine): against an exact optimum, and through the estimator."""
+"""Refined posteriors (mvae.training.refine): against an exact optimum, and through the estimator."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ import torch
 
 import mvae
 from mvae.counts import MultinomialVAEModule, MVAEConfig
-from mvae.counts.refine import dense_loss_terms, refine_posterior
+from mvae.training.refine import dense_loss_terms, refine_posterior
 from mvae.training.batches import CountData
 
 from tests.helpers import counts as make_counts

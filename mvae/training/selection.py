@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..counts.refine import PosteriorSet, dense_loss_terms, frozen_prior
+from .refine import PosteriorSet, dense_loss_terms, frozen_prior
 
 __all__ = ["RefinedValidation", "VALIDATION_STEPS", "VALIDATION_LEARNING_RATE", "MAX_ENTRIES"]
 

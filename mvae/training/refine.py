@@ -22,11 +22,14 @@ the package's choice, made from the curves in ``benchmarks/results/refine/``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from ..counts.module import LossTerms, Posterior, _unpack
 from ..maths.likelihoods import (LowRankPrior, gaussian_multinomial_log_prob, kl_diag_to_lowrank,
                                  multinomial_log_const)
-from .module import LossTerms, Posterior, _unpack
+from .optim import Adam
 
 __all__ = ["REFINE_STEPS", "REFINE_LEARNING_RATE", "PosteriorSet", "dense_loss_terms", "frozen_prior",
            "refine_posterior"]
@@ -84,9 +87,13 @@ def refine_posterior(module, counts, *, steps: int = REFINE_STEPS,
             start = module.encode(counts)
     posteriors = PosteriorSet(counts, start, learning_rate, log_const)
     if steps > 0:
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(posteriors.optimiser, int(steps))
+        done = [0]
+
+        def cosine():  # the step size after step t of T: lr (1 + cos(π t / T)) / 2
+            done[0] += 1
+            posteriors.optimiser.lr = learning_rate * 0.5 * (1 + math.cos(math.pi * done[0] / steps))
         posteriors.step(frozen_prior(module), int(steps), generator, n_samples=n_samples,
-                        after_step=schedule.step, on_step=on_step)
+                        after_step=cosine, on_step=on_step)
     return posteriors.posterior()
 
 
@@ -127,7 +134,7 @@ class PosteriorSet:
         self.log_const = multinomial_log_const(counts) if log_const is None else log_const
         self.mean = start.mean.detach().clone().requires_grad_(True)
         self.log_var = start.log_var.detach().clone().requires_grad_(True)
-        self.optimiser = torch.optim.Adam([self.mean, self.log_var], lr=learning_rate)
+        self.optimiser = Adam([self.mean, self.log_var], lr=learning_rate)
 
     def step(self, prior: LowRankPrior, steps: int, generator: torch.Generator | None, *,
              n_samples: int = 1, after_step=None, on_step=None) -> None:
