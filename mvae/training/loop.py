@@ -347,9 +347,9 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
     optimiser = Adam(module.parameters(), lr=config.learning_rate)
     trainable = [p for p in module.parameters() if p.requires_grad]
     history = History()
-    best = math.inf
+    best = reference = math.inf  # the lowest score, and the last one that improved by min_delta
     best_state = None
-    since_best = 0
+    since_best = 0  # epochs since the reference last improved
     n = len(train_data)
     bs = min(config.batch_size, n * dist.world if sharded else n)
     if dist is not None and bs < dist.world:
@@ -380,6 +380,7 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
         torch.set_rng_state(ck["torch_rng"])
         history = _history_from(ck["history"], ck["best_epoch"], False)
         best = float(ck["best"])
+        reference = float(ck["reference"])
         best_state = ck["best_state"] or None
         since_best = int(ck["since_best"])
         if validation_score is not None and hasattr(validation_score, "load_state_dict"):
@@ -415,7 +416,8 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
             "epoch": epoch, "step": step,
             "order": order if order is not None else torch.empty(0, dtype=torch.int64),
             "sums": torch.as_tensor(sums), "history": _history_state(history),
-            "best": best, "best_epoch": history.best_epoch, "best_state": best_state or {},
+            "best": best, "reference": reference, "best_epoch": history.best_epoch,
+            "best_state": best_state or {},
             "since_best": since_best, "finished": finished, "stopped_early": stopped,
             "validation_state": (validation_score.state_dict()
                                  if hasattr(validation_score, "state_dict") else {}),
@@ -490,11 +492,15 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
                 bar.update(1)
             monitored = valid if not math.isnan(valid) else mean[0]
             # Only count improvement once the KL weight is 1: earlier losses are not comparable.
-            if w >= 1.0 and monitored < best - config.min_delta * abs(
-                    best if math.isfinite(best) else 1):
+            if w >= 1.0 and monitored < best:  # the weights to restore: the lowest score
                 best = monitored
                 history.best_epoch = epoch + 1
                 best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            # Converged when no epoch of the last `patience` has improved on the reference by
+            # more than min_delta (relative); a slow creep below that does not keep it going.
+            if w >= 1.0 and monitored < reference - config.min_delta * abs(
+                    reference if math.isfinite(reference) else 1):
+                reference = monitored
                 since_best = 0
             elif w >= 1.0:
                 since_best += 1
