@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.special
 import scipy.stats
 import torch
@@ -75,18 +76,22 @@ def test_kl_standard_matches_closed_form_of_torch_distributions():
 
 
 def _dense_kl(m, v, b, Sigma):
-    """KL(N(m, diag v) || N(b, Sigma)) with dense numpy linear algebra."""
+    """KL(N(m, diag v) || N(b, Sigma)) on the ILR subspace 1^⊥, with dense numpy linear algebra in
+    the coordinates of scipy's Helmert basis Ψ (D, D − 1): KL(N(Ψᵀm, ΨᵀVΨ) || N(Ψᵀb, ΨᵀΣΨ))."""
     D = len(m)
-    P = np.linalg.inv(Sigma)
-    d = m - b
-    _, logdet = np.linalg.slogdet(Sigma)
-    return 0.5 * (np.trace(P @ np.diag(v)) + d @ P @ d - D + logdet - np.log(v).sum())
+    Psi = scipy.linalg.helmert(D).T
+    S_q, S_p = Psi.T @ np.diag(v) @ Psi, Psi.T @ Sigma @ Psi
+    P = np.linalg.inv(S_p)
+    d = Psi.T @ (m - b)
+    return 0.5 * (np.trace(P @ S_q) + d @ P @ d - (D - 1) + np.linalg.slogdet(S_p)[1]
+                  - np.linalg.slogdet(S_q)[1])
 
 
 @pytest.mark.parametrize("D,k", [(3, 1), (10, 3), (40, 10)])
 def test_woodbury_kl_equals_dense(D, k):
     rng = np.random.default_rng(D + k)
     W = rng.normal(size=(D, k))
+    W -= W.mean(0)  # columns summing to zero, as the module's W̃ (the ILR KL needs it)
     b = rng.normal(size=D)
     s2 = 0.3
     mean = rng.normal(size=(5, D))
@@ -96,7 +101,7 @@ def test_woodbury_kl_equals_dense(D, k):
     Sigma = W @ W.T + s2 * np.eye(D)
     want = [_dense_kl(mean[i], np.exp(log_var[i]), b, Sigma) for i in range(5)]
     np.testing.assert_allclose(got, want, rtol=1e-9)
-    _, logdet = np.linalg.slogdet(Sigma)
+    _, logdet = np.linalg.slogdet(Sigma)  # the D-dimensional prior's log-determinant
     np.testing.assert_allclose(float(prior.logdet()), logdet, rtol=1e-10)
 
 
@@ -120,7 +125,8 @@ def _factored_case(rng, B, D, m, k, zero_frac):
                  right=rng.normal(size=(D, m)) / np.sqrt(D), skip=rng.normal(size=D),
                  log_scale=rng.normal(size=B) * 0.3, feature_log_var=rng.normal(size=D) * 0.3,
                  skip_log_var=rng.normal(size=D) * 0.3)
-    prior = dict(W=rng.normal(size=(D, k)), b=rng.normal(size=D), s2=0.4)
+    W = rng.normal(size=(D, k))
+    prior = dict(W=W - W.mean(0), b=rng.normal(size=D), s2=0.4)  # columns of W sum to zero
     return y, parts, prior
 
 

@@ -2,8 +2,8 @@
 
 The module never applies Ψ: its first encoder layer acts on centred log counts and its decoder on
 per-feature logits. The reference below follows docs/model.md literally in ILR coordinates with a
-dense Ψ (u = Ψᵀ(log(x + c) − m), η = W z + b + σε, logits Ψη, dense Gaussian KL from
-torch.distributions), so agreement checks the equivalence claimed there, for two different bases.
+dense Ψ (u = Ψᵀ(log(x + c) − m), η = W z + b + σε, logits Ψη, dense Gaussian KL of the
+posterior's marginal on η from torch.distributions), so agreement checks the equivalence claimed there, for two different bases.
 """
 
 import numpy as np
@@ -77,9 +77,11 @@ def _reference_loss(m, counts, Psi, seed, sparse=False):
         else:
             eps = torch.randn((S, B, D), dtype=counts.dtype, generator=gen)
             logits = mean + eps * var.sqrt()
-        Sigma = Psi @ W @ W.T @ Psi.T + sigma**2 * torch.eye(D, dtype=counts.dtype)
-        prior = torch.distributions.MultivariateNormal(Psi @ b, covariance_matrix=Sigma)
-        q = torch.distributions.MultivariateNormal(mean, covariance_matrix=torch.diag_embed(var))
+        # the KL in ILR coordinates: q's marginal on η = Ψᵀℓ against N(b, WWᵀ + σ²I_{D-1})
+        Sigma = W @ W.T + sigma**2 * torch.eye(D - 1, dtype=counts.dtype)
+        prior = torch.distributions.MultivariateNormal(b, covariance_matrix=Sigma)
+        q = torch.distributions.MultivariateNormal(mean @ Psi, covariance_matrix=(
+            Psi.T @ torch.diag_embed(var) @ Psi))
         kl = torch.distributions.kl_divergence(q, prior)
     else:
         mu, log_var = m.mean_head(h), m.log_var_head(h)

@@ -7,6 +7,7 @@ the shared loop (mvae.training.loop.train_module); held-out posteriors are optim
 
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.stats
 import torch
 
@@ -41,12 +42,14 @@ def _counts(n=6, D=5, seed=0):
 
 
 def _dense_kl(m, v, b, cov):
-    """KL(N(m, diag v) || N(b, cov)) in numpy."""
-    D = m.size
-    inv = np.linalg.inv(cov)
-    d = m - b
-    return 0.5 * (np.trace(inv @ np.diag(v)) + d @ inv @ d - D + np.linalg.slogdet(cov)[1]
-                  - np.log(v).sum())
+    """KL(N(m, diag v) || N(b, cov)) in numpy, on 1^⊥ (the KL of the model's bound): in the ILR
+    coordinates of scipy's Helmert basis Ψ, KL(N(Ψᵀm, ΨᵀVΨ) || N(Ψᵀb, ΨᵀcovΨ))."""
+    Psi = scipy.linalg.helmert(m.size).T
+    cov_q, cov_p = Psi.T @ np.diag(v) @ Psi, Psi.T @ cov @ Psi
+    inv = np.linalg.inv(cov_p)
+    d = Psi.T @ (m - b)
+    return 0.5 * (np.trace(inv @ cov_q) + d @ inv @ d - (m.size - 1) + np.linalg.slogdet(cov_p)[1]
+                  - np.linalg.slogdet(cov_q)[1])
 
 
 @pytest.mark.parametrize("sparse", [False, True])

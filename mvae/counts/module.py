@@ -144,8 +144,10 @@ class FactoredPosterior:
             self.feature_log_var, self.skip_log_var, self.y, counts, eps, log_const).mean(0)
 
     def kl(self, prior: LowRankPrior, gram=None) -> torch.Tensor:
-        """KL(q ‖ prior) per sample, (B,), from the parts (``prior.bias`` must be ``bias``;
-        ``gram``: :func:`mvae.maths.likelihoods.factored_gram` of the parts, if already formed)."""
+        """KL(q ‖ prior) on the ILR subspace 1^⊥ per sample, (B,), from the parts (the
+        likelihood ignores ℓ's component along 1: docs/model.md, "The slack"). ``prior.bias``
+        must be ``bias``; ``gram``: :func:`mvae.maths.likelihoods.factored_gram` of the parts, if
+        already formed."""
         return kl_factored_to_lowrank(self.shift, self.left, self.right, self.skip, self.y,
                                       self.log_scale, self.feature_log_var, self.skip_log_var,
                                       prior, gram)

@@ -11,9 +11,10 @@ the per-sample negative ELBO as an anomaly score.
 - :func:`kl_normal_standard` -- KL of a diagonal Gaussian from N(0, I) (the ``sampled`` objective);
 - :class:`LowRankPrior`, :func:`kl_factored_to_lowrank` -- KL of the ``marginal`` objective's
   factored posterior (low rank plus per-feature terms of a sparse input) from
-  :math:`N(b, W W^\\top + \\sigma^2 I)` in O(D k²) by Woodbury and the matrix determinant lemma
-  (docs/model.md); :func:`kl_diag_to_lowrank` -- the same for a diagonal Gaussian given as dense
-  (B, D) arrays (the non-amortised reference's per-sample posteriors).
+  :math:`N(b, W W^\\top + \\sigma^2 I)` on the ILR subspace :math:`1^\\perp` (the D-dimensional KL
+  less the mean-field slack of the component along 1), in O(D k²) by Woodbury and the matrix
+  determinant lemma (docs/model.md); :func:`kl_diag_to_lowrank` -- the same for a diagonal
+  Gaussian given as dense (B, D) arrays (the non-amortised reference's per-sample posteriors).
 
 Counts may be a dense ``(B, D)`` tensor or a sparse COO tensor of the same shape. For sparse counts
 only the non-zero entries enter :math:`\\sum_d x_d \\ell_d` and :math:`\\sum_d \\log x_d!`; the
@@ -23,6 +24,7 @@ normaliser :math:`N \\operatorname{logsumexp}(\\ell)` always runs over all D log
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -442,21 +444,43 @@ class LowRankPrior:
 
 
 def kl_diag_to_lowrank(mean: torch.Tensor, log_var: torch.Tensor, prior: LowRankPrior) -> torch.Tensor:
-    """KL( N(mean, diag exp(log_var)) || N(b, W Wᵀ + σ² I) ) per sample, in O(B D k).
+    """KL of N(mean, diag exp(log_var)) from N(b, W Wᵀ + σ² I) on the ILR subspace, per sample, in
+    O(B D k).
+
+    The likelihood sees the logits ℓ only through Hℓ (the softmax ignores the component along 1),
+    so the bound uses the KL of the two Gaussians' marginals on 1^⊥ (in any orthonormal ILR
+    basis Ψ: of N(Ψᵀm, ΨᵀVΨ) from N(Ψᵀb, ΨᵀΣΨ)), not the D-dimensional KL. The prior's columns
+    W must sum to zero (W = ΨW_ilr, as the module's W̃); its component along 1,
+    u = 1ᵀℓ/√D, is then N(1ᵀb/√D, σ²) and independent of Hℓ, and
 
     .. math::
 
-        \\mathrm{KL} = \\tfrac12\\left[\\operatorname{tr}(\\Sigma^{-1} V) + (m - b)^\\top \\Sigma^{-1}(m - b)
-            - D + \\log|\\Sigma| - \\sum_d \\log v_d\\right]
+        \\mathrm{KL}_D = \\mathrm{KL}_{\\mathrm{ILR}}
+            + \\tfrac12\\Big[\\frac{\\bar v + (1^\\top\\delta)^2/D}{\\sigma^2} - 1
+            - \\log\\frac{\\tilde v}{\\sigma^2}\\Big]
 
-    with :math:`V = \\operatorname{diag}(e^{\\text{log\\_var}})`, every term by :class:`LowRankPrior`'s
-    Woodbury and determinant-lemma forms.
+    (:math:`\\bar v` and :math:`\\tilde v = D / \\sum_d v_d^{-1}` the arithmetic and harmonic means
+    of v, the posterior's variance of u and its variance given Hℓ; δ = m − b): the last term,
+    the *slack*, is what a mean-field posterior over the D features pays for its component along
+    1 (docs/model.md, "The slack"). So
+
+    .. math::
+
+        2\\,\\mathrm{KL}_{\\mathrm{ILR}} = \\sigma^{-2}\\big[v^\\top(1 - \\lambda - 1/D)
+            + \\lVert H\\delta\\rVert^2 - \\lVert U^\\top\\delta\\rVert^2\\big] - \\sum_d \\log v_d
+            + \\log\\tilde v - (D - 1) + \\log|\\Sigma| - \\log\\sigma^2
+
+    with :math:`V = \\operatorname{diag}(e^{\\text{log\\_var}})`, every term by
+    :class:`LowRankPrior`'s Woodbury and determinant-lemma forms (:math:`\\log|\\Sigma| -
+    \\log\\sigma^2` is the log-determinant of the prior's covariance on 1^⊥). It does not depend
+    on the posterior mean's component along 1.
 
     Parameters
     ----------
     mean, log_var : torch.Tensor, shape (B, D)
         :math:`m` and :math:`\\log v` of the diagonal Gaussian.
     prior : LowRankPrior
+        Its loadings' columns must sum to zero.
 
     Returns
     -------
@@ -464,63 +488,77 @@ def kl_diag_to_lowrank(mean: torch.Tensor, log_var: torch.Tensor, prior: LowRank
 
     Examples
     --------
-    Against torch's dense KL:
+    Against torch's dense KL in the ILR coordinates of scipy's Helmert basis:
 
-    >>> import torch
+    >>> import scipy.linalg, torch
     >>> W = torch.tensor([[1.0], [-1.0], [0.0]], dtype=torch.float64)
     >>> b = torch.zeros(3, dtype=torch.float64)
     >>> prior = LowRankPrior(W, b, torch.tensor(0.5, dtype=torch.float64))
     >>> m = torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float64)
-    >>> log_var = torch.zeros(1, 3, dtype=torch.float64)
+    >>> log_var = torch.tensor([[0.0, -1.0, 0.5]], dtype=torch.float64)
+    >>> Psi = torch.tensor(scipy.linalg.helmert(3).T)   # (D, D - 1), orthonormal, Ψᵀ1 = 0
+    >>> N = torch.distributions.MultivariateNormal
     >>> dense = torch.distributions.kl_divergence(
-    ...     torch.distributions.MultivariateNormal(m[0], torch.diag(log_var[0].exp())),
-    ...     torch.distributions.MultivariateNormal(b, W @ W.T + 0.5 * torch.eye(3, dtype=torch.float64)))
+    ...     N(Psi.T @ m[0], Psi.T @ torch.diag(log_var[0].exp()) @ Psi),
+    ...     N(Psi.T @ b, Psi.T @ (W @ W.T + 0.5 * torch.eye(3, dtype=torch.float64)) @ Psi))
     >>> bool(torch.isclose(kl_diag_to_lowrank(m, log_var, prior)[0], dense))
     True
     """
     D = prior.n_features
     quad = _DiagLowRankQuadratic.apply(mean, log_var, prior.bias, prior.whitened,
                                        prior.noise_variance)
-    return 0.5 * (quad - D + prior.logdet())
+    return 0.5 * (quad - (D - 1) + prior.logdet() - torch.log(prior.noise_variance))
 
 
 class _DiagLowRankQuadratic(torch.autograd.Function):
     """The data-dependent part of :func:`kl_diag_to_lowrank`, per row, with a hand-written gradient:
 
-    .. math:: \\sigma^{-2}\\big[v^\\top(1 - \\lambda) + \\lVert\\delta\\rVert^2 - \\lVert U^\\top\\delta\\rVert^2\\big]
-              - \\textstyle\\sum_d \\log v_d
+    .. math:: \\sigma^{-2}\\big[v^\\top(1 - \\lambda - 1/D) + \\lVert H\\delta\\rVert^2
+              - \\lVert U^\\top\\delta\\rVert^2\\big] - \\textstyle\\sum_d \\log v_d + \\log\\tilde v
 
-    with :math:`v = e^{\\text{log\\_var}}`, :math:`\\delta = m - b`, :math:`\\lambda_d = \\lVert U_{d\\cdot}\\rVert^2`.
+    with :math:`v = e^{\\text{log\\_var}}`, :math:`\\delta = m - b`, :math:`\\lambda_d = \\lVert U_{d\\cdot}\\rVert^2`,
+    :math:`\\lVert H\\delta\\rVert^2 = \\lVert\\delta\\rVert^2 - (1^\\top\\delta)^2/D` and
+    :math:`\\log\\tilde v = \\log D - \\operatorname{logsumexp}(-\\log v)`.
     Autograd walked back through about fifteen (B, D) passes for this; the closed-form gradients
-    (:math:`\\partial/\\partial m = \\sigma^{-2}(\\delta - UU^\\top\\delta)`,
-    :math:`\\partial/\\partial \\log v = \\sigma^{-2} v(1 - \\lambda) - 1`, and the thin (D, k) terms for U)
-    need about half as many. The value is
-    :meth:`LowRankPrior.trace_diag` + :meth:`LowRankPrior.mahalanobis` − Σ log v.
+    (:math:`\\partial/\\partial m = 2\\sigma^{-2}(H\\delta - UU^\\top\\delta)`,
+    :math:`\\partial/\\partial \\log v = \\sigma^{-2} v(1 - \\lambda - 1/D) - 1 + \\operatorname{softmax}(-\\log v)`,
+    and the thin (D, k) terms for U) need about half as many.
     """
 
     @staticmethod
     def forward(ctx, mean, log_var, bias, whitened, noise_variance):
+        D = mean.shape[-1]
         var = log_var.exp()  # (B, D)
         delta = mean - bias  # (B, D)
         keep = 1.0 - whitened.pow(2).sum(-1)  # (D,) 1 − leverage
         proj = delta @ whitened  # (B, D) @ (D, k) -> (B, k)
-        resid = var @ keep + torch.linalg.vecdot(delta, delta) - proj.pow(2).sum(-1)  # (B,)
-        ctx.save_for_backward(var, delta, whitened, keep, proj, noise_variance, resid)
-        return resid / noise_variance - log_var.sum(-1)
+        total = delta.sum(-1)  # (B,) 1ᵀδ
+        resid = (var @ keep - var.sum(-1) / D + torch.linalg.vecdot(delta, delta)
+                 - total.pow(2) / D - proj.pow(2).sum(-1))  # (B,)
+        log_inv_sum = torch.logsumexp(-log_var, dim=-1)  # (B,) log Σ 1/v
+        ctx.save_for_backward(var, delta, whitened, keep, proj, total, log_inv_sum,
+                              noise_variance, resid)
+        return resid / noise_variance - log_var.sum(-1) + (math.log(D) - log_inv_sum)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        var, delta, whitened, keep, proj, s2, resid = ctx.saved_tensors
+        var, delta, whitened, keep, proj, total, log_inv_sum, s2, resid = ctx.saved_tensors
+        D = var.shape[-1]
         need = ctx.needs_input_grad
         scale = grad_out / s2  # (B,)
         grad_mean = grad_log_var = grad_bias = grad_whitened = grad_s2 = None
         if need[0] or need[2]:
-            grad_mean = torch.addmm(delta, proj, whitened.T, alpha=-1.0).mul_(2.0 * scale[:, None])
+            # 2σ⁻²(Hδ − UUᵀδ): Hδ = δ − (1ᵀδ/D) 1
+            grad_mean = (torch.addmm(delta, proj, whitened.T, alpha=-1.0)
+                         .sub_((total / D)[:, None]).mul_(2.0 * scale[:, None]))
             if need[2]:
                 grad_bias = -grad_mean.sum(0)
         if need[1]:
-            grad_log_var = (var * keep).mul_(scale[:, None]).sub_(grad_out[:, None])
+            # σ⁻² v (1 − λ − 1/D) − 1 + softmax(−log v), softmax(−log v)_d = e^{−lse} / v_d
+            soft = torch.reciprocal(var).mul_(torch.exp(-log_inv_sum)[:, None])
+            grad_log_var = ((var * (keep - 1.0 / D)).mul_(scale[:, None])
+                            .add_(soft.sub_(1.0).mul_(grad_out[:, None])))
         if need[3]:
             # −‖Uᵀδ‖² and the leverage λ = rowsums(U²) inside vᵀ(1 − λ)
             grad_whitened = -2.0 * (delta.T @ (proj * scale[:, None])
@@ -569,26 +607,32 @@ class _Leverages(torch.autograd.Function):
         return grad_W, grad_C
 
 
-class _ExpWeightedSum(torch.autograd.Function):
-    """:math:`\\sum_d w_d\\, e^{g_d y_{bd}}` per row, for a dense constant y (B, D), with the
-    gradients by hand: :math:`\\partial/\\partial w = E^\\top c` and
-    :math:`\\partial/\\partial g = w \\odot (y \\odot E)^\\top c`, E the saved exponentials, c the
-    upstream gradient. Autograd made four (B, D) passes back; this makes one."""
+class _ExpSums(torch.autograd.Function):
+    """:math:`\\sum_d w_{dj}\\, e^{g_d y_{bd}}` for each column j of w (D, n) and
+    :math:`\\sum_d u_d\\, e^{-g_d y_{bd}}` per row, for a dense constant y (B, D): shape (B, n + 1),
+    with the gradients by hand (:math:`\\partial/\\partial w = E^\\top c`,
+    :math:`\\partial/\\partial u = (1/E)^\\top c'`, :math:`\\partial/\\partial g = \\sum_j w_{\\cdot j}
+    \\odot (y \\odot E)^\\top c_j - u \\odot (y / E)^\\top c'`, E the saved exponentials, c and c'
+    the upstream gradients). Autograd made four (B, D) passes back for each sum; this makes one
+    exponential for all of them."""
 
     @staticmethod
-    def forward(ctx, y, g, w):
+    def forward(ctx, y, g, w, u):
         expo = torch.exp(y * g)  # (B, D)
-        ctx.save_for_backward(y, expo, w)
-        return expo @ w
+        inv = torch.reciprocal(expo)  # e^{−g y}
+        ctx.save_for_backward(y, expo, inv, w, u)
+        return torch.cat([expo @ w, (inv @ u)[:, None]], dim=1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        y, expo, w = ctx.saved_tensors
+        y, expo, inv, w, u = ctx.saved_tensors
         need = ctx.needs_input_grad
-        grad_g = w * ((y * expo).T @ grad_out) if need[1] else None
-        grad_w = expo.T @ grad_out if need[2] else None
-        return None, grad_g, grad_w
+        c, c_inv = grad_out[:, :-1], grad_out[:, -1]
+        grad_g = ((y * expo).T @ c * w).sum(1) - u * ((y * inv).T @ c_inv) if need[1] else None
+        grad_w = expo.T @ c if need[2] else None
+        grad_u = inv.T @ c_inv if need[3] else None
+        return None, grad_g, grad_w, grad_u
 
 
 class _FactoredKLTail(torch.autograd.Function):
@@ -675,9 +719,12 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
     P (B, m) per sample, Q (D, m), s, a, f, g per feature, t per sample and y (B, D) a dense or
     sparse input. Expanding :math:`\\lVert\\delta\\rVert^2`, :math:`U^\\top\\delta` and
     :math:`v^\\top(1 - \\lambda)` (see :func:`kl_diag_to_lowrank`) leaves the Gram matrix of
-    :math:`[Q, W, s]`, the leverages :math:`\\lambda`, one product of y with the (D, m + k + 2)
-    matrix :math:`[aQ, aW, a s, g]` and sums over the non-zeros of y: O(D (m + k)² + nnz (m + k))
-    per step instead of a dozen passes over (B, D) buffers and their gradients.
+    :math:`[Q, W, s]`, the leverages :math:`\\lambda`, one product of y with the (D, m + k + 3)
+    matrix :math:`[aQ, aW, a s, g, a]` and sums over the non-zeros of y: O(D (m + k)² + nnz (m + k))
+    per step instead of a dozen passes over (B, D) buffers and their gradients. Like
+    :func:`kl_diag_to_lowrank` it is the KL on the ILR subspace: the slack of the component
+    along 1 needs :math:`1^\\top\\delta = 1^\\top s + P Q^\\top 1 + y a` and the sums
+    :math:`\\sum_d e^{\\pm(f_d + g_d y_{bd})}`, again O(nnz + D) per row for a sparse y.
 
     Parameters
     ----------
@@ -712,7 +759,8 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
     >>> g = torch.Generator().manual_seed(0)
     >>> B, D, m, k = 3, 6, 2, 2
     >>> r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
-    >>> prior = LowRankPrior(r(D, k), r(D), torch.tensor(0.3, dtype=torch.float64))
+    >>> W = r(D, k)
+    >>> prior = LowRankPrior(W - W.mean(0), r(D), torch.tensor(0.3, dtype=torch.float64))
     >>> s, P, Q, a, y, t, f, gg = r(D), r(B, m), r(D, m), r(D), r(B, D).relu(), r(B), r(D), r(D)
     >>> mean = prior.bias + s + P @ Q.T + a * y
     >>> log_var = t[:, None] + f + gg * y
@@ -728,23 +776,41 @@ def kl_factored_to_lowrank(shift: torch.Tensor, left: torch.Tensor, right: torch
     # (D, m + k + 1) pass forward and one back, where separate thin products were a dozen
     M, G = gram if gram is not None else factored_gram(right, W, shift)  # M = [Q, W, s]
     # leverage λ_d = w_dᵀ C⁻¹ w_d = ‖U_d‖², C = σ²I + WᵀW = LLᵀ
-    base_var = feature_log_var.exp() * (1.0 - prior.leverages)  # (D,) e^f (1 − λ)
-    # the y-terms of Qᵀδ, Wᵀδ, sᵀδ and Σ log v in one product: (B, D) @ (D, m + k + 2)
-    cols = torch.cat([M * skip[:, None], skip_log_var[:, None]], dim=1)  # [aQ, aW, a s, g]
-    yM = sparse_dense_mm(y, cols)  # (B, m + k + 2)
+    feature_var = feature_log_var.exp()  # (D,) e^f
+    inv_feature_var = torch.exp(-feature_log_var)  # (D,) e^{−f}
+    base_var = feature_var * (1.0 - prior.leverages)  # (D,) e^f (1 − λ)
+    # the y-terms of Qᵀδ, Wᵀδ, sᵀδ, Σ log v and 1ᵀδ in one product: (B, D) @ (D, m + k + 3)
+    cols = torch.cat([M * skip[:, None], skip_log_var[:, None], skip[:, None]], dim=1)
+    yM = sparse_dense_mm(y, cols)  # [aQ, aW, a s, g, a]
+    yM, y_skip = yM[:, :-1], yM[:, -1]
     if y.is_sparse:
         _, idx, vals = _coo_parts(y)
         vals = vals.to(right.dtype)
         y_sq = (skip.index_select(0, idx) * vals).pow(2)  # (nnz,) (a_d y_bd)²
-        # e^{g y} − 1 at the non-zeros: the zeros' variance is the base e^{t + f}
-        extra = (base_var.index_select(0, idx)
-                 * torch.expm1(skip_log_var.index_select(0, idx) * vals))
-        sums = row_sums(y, torch.stack([y_sq, extra], dim=1))  # (B, 2)
-        y_sq, var_sum = sums[:, 0], base_var.sum() + sums[:, 1]  # (B,) each
+        # e^{±g y} − 1 at the non-zeros: the zeros' variance is the base e^{t + f}
+        gy = skip_log_var.index_select(0, idx) * vals
+        up, down = torch.expm1(gy), torch.expm1(-gy)
+        sums = row_sums(y, torch.stack([y_sq, base_var.index_select(0, idx) * up,
+                                        feature_var.index_select(0, idx) * up,
+                                        inv_feature_var.index_select(0, idx) * down], dim=1))
+        y_sq = sums[:, 0]  # (B,)
+        var_sum = base_var.sum() + sums[:, 1]  # Σ_d e^{f + g y} (1 − λ)
+        plain_sum = feature_var.sum() + sums[:, 2]  # Σ_d e^{f + g y}
+        inv_sum = inv_feature_var.sum() + sums[:, 3]  # Σ_d e^{−f − g y}
     else:
         y_sq = y.pow(2) @ skip.pow(2)  # (B,)
-        var_sum = _ExpWeightedSum.apply(y, skip_log_var, base_var)  # (B,) Σ_d e^{g y} e^f (1 − λ)
+        sums = _ExpSums.apply(y, skip_log_var, torch.stack([base_var, feature_var], dim=1),
+                              inv_feature_var)  # (B, 3)
+        var_sum, plain_sum, inv_sum = sums[:, 0], sums[:, 1], sums[:, 2]
     # the (B,)-sized rest, with its gradient by hand (autograd made ~80 small operations of it)
     per_sample = _FactoredKLTail.apply(left, G, yM, y_sq, var_sum, log_scale,
                                        prior.core_inverse, prior.noise_variance, D)
-    return per_sample + 0.5 * (prior.logdet() - feature_log_var.sum() - D)
+    kl_full = per_sample + 0.5 * (prior.logdet() - feature_log_var.sum() - D)
+    # the slack of the component along 1 (kl_diag_to_lowrank): with v = e^{t + f + g y},
+    # mean(v) = e^t Σ e^{f + g y} / D, log hmean(v) = log D + t − log Σ e^{−f − g y}, and
+    # 1ᵀδ = 1ᵀs + P (Qᵀ1) + Σ_d a_d y_d
+    total = shift.sum() + left @ right.sum(0) + y_skip  # (B,)
+    s2 = prior.noise_variance
+    slack = 0.5 * ((torch.exp(log_scale) * plain_sum + total.pow(2)) / (D * s2)
+                   - log_scale + torch.log(inv_sum) + (torch.log(s2) - 1.0 - math.log(D)))
+    return kl_full - slack
