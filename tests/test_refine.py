@@ -27,7 +27,8 @@ def _module(D=3, k=1, seed=0):
 
 def _exact_negative_elbo(x, mean, log_var, W, b, s2):
     """-ELBO of N(mean, diag exp(log_var)) for counts x, D = 3: the expected log-likelihood by
-    Gauss-Hermite quadrature (numpy), the KL to N(b, WWᵀ + s2 I) from dense matrices."""
+    Gauss-Hermite quadrature (numpy), the KL to N(b, WWᵀ + s2 I) from dense matrices in ILR
+    coordinates."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(16)  # for N(0, 1)
     weights = weights / weights.sum()
     sd = np.exp(0.5 * log_var)
@@ -39,12 +40,16 @@ def _exact_negative_elbo(x, mean, log_var, W, b, s2):
     n = x.sum()
     const = scipy.special.gammaln(n + 1) - scipy.special.gammaln(x + 1).sum()
     total = w @ (log_p @ x) + const
-    cov = W @ W.T + s2 * np.eye(3)
-    v = np.exp(log_var)
+    # the KL in ILR coordinates (the likelihood never sees ℓ's component along 1): q and the
+    # prior projected on an orthonormal basis of 1^⊥ (Helmert, written out)
+    psi = np.array([[1 / np.sqrt(2), -1 / np.sqrt(2), 0.0],
+                    [1 / np.sqrt(6), 1 / np.sqrt(6), -2 / np.sqrt(6)]]).T  # (3, 2)
+    cov = psi.T @ (W @ W.T + s2 * np.eye(3)) @ psi
+    v = psi.T @ np.diag(np.exp(log_var)) @ psi
     inv = np.linalg.inv(cov)
-    delta = mean - b
-    kl = 0.5 * (np.trace(inv @ np.diag(v)) + delta @ inv @ delta - 3
-                + np.linalg.slogdet(cov)[1] - log_var.sum())
+    delta = psi.T @ (mean - b)
+    kl = 0.5 * (np.trace(inv @ v) + delta @ inv @ delta - 2
+                + np.linalg.slogdet(cov)[1] - np.linalg.slogdet(v)[1])
     return kl - total
 
 
