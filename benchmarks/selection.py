@@ -15,6 +15,14 @@ Also recorded: the restored epoch, epochs run, CPU seconds of the fit (one torch
 each fit's per-epoch history (``histories/``).
 
     python benchmarks/selection.py --seeds 0 1 2 -o benchmarks/results/selection/selection.tsv
+    python benchmarks/selection.py --stopping benchmarks/results/selection/histories \
+        -o benchmarks/results/selection/stopping.tsv
+
+The second command replays the refined-validation histories under convergence rules: stop at the
+first epoch after which ``window`` epochs passed without the validation score improving on its
+reference by more than ``tolerance`` (relative), restore the lowest score so far; it reports the
+epochs run and how far the restored score is from the full run's best (%). With the package's
+patience (300 optimiser steps: 100 epochs on Wirbel and PBMC, 300 on moving pictures) as the window.
 """
 
 from __future__ import annotations
@@ -70,13 +78,54 @@ def fit_one(adata, seed: int, name: str, history_path=None) -> dict:
             "train_nelbo": round(float(train_scores.mean()), 2)}
 
 
+def replay(scores, window: int, tolerance: float) -> int:
+    """Epochs a fit with validation ``scores`` (per epoch) runs under the rule of
+    :func:`mvae.training.loop.train_module` with ``patience=window``, ``min_delta=tolerance``."""
+    reference, since = float("inf"), 0
+    for epoch, v in enumerate(scores, 1):
+        if v < reference - tolerance * (abs(reference) if reference != float("inf") else 1):
+            reference, since = v, 0
+        else:
+            since += 1
+            if since >= window:
+                return epoch
+    return len(scores)
+
+
+def stopping(histories: Path, output) -> None:
+    import pandas as pd
+
+    out = TsvRows(output)
+    for path in sorted(Path(histories).glob("*_refined.tsv")):
+        table, seed = path.name.rsplit("_", 2)[:2]
+        scores = pd.read_csv(path, sep="\t")["validation_loss"].to_numpy()
+        # optimiser steps per epoch of these splits (the 80 % less the fit's 10 % validation, batch 128)
+        steps = {"moving_pictures": 1, "ecam": 4}.get(table, 3)
+        best = scores.min()
+        for window in (300 // steps // 2, 300 // steps):
+            for tol in (0.0, 1e-4, 3e-4, 1e-3, 3e-3):
+                stop = replay(scores, window, tol)
+                within = int((scores <= best * 1.01).argmax()) + 1
+                row = {"table": table, "seed": seed, "window": window, "tolerance": tol,
+                       "epochs": stop, "full_run_epochs": len(scores),
+                       "first_within_1pct": within,
+                       "restored_vs_best_pct": round(100 * (scores[:stop].min() - best) / best, 3)}
+                out.append(row)
+                print("\t".join(str(v) for v in row.values()), flush=True)
+    out.close()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--stopping", type=Path, metavar="HISTORIES",
+                        help="replay the histories under stopping rules instead of fitting")
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args(argv)
+    if args.stopping is not None:
+        return stopping(args.stopping, args.output)
     import torch
 
     import mvae
