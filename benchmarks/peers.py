@@ -3,6 +3,7 @@
     python benchmarks/peers.py -o benchmarks/results/peers                 # everything installed
     python benchmarks/peers.py -o benchmarks/results/peers --methods mvae  # re-run mvae's rows only
     python benchmarks/peers.py -o benchmarks/results/peers --summarise     # summary.md from the TSVs
+    python benchmarks/peers.py -o benchmarks/results/peers --resume        # only the missing fits
 
 For each table (``benchmarks/shipped.py``), method (``benchmarks/peer_models.py``) and seed, one
 fresh child process reads the table, imports the method's package, fits it and embeds the
@@ -245,11 +246,14 @@ def summarise(out_dir: Path) -> str:
 
 # --------------------------------------------------------------------------- main
 def run_table(table: str, path, labels: dict, groups, methods, seeds, n_latent: int, fits_out,
-              knn_out, timeout: float | None = None) -> None:
+              knn_out, timeout: float | None = None, planned: set | None = None) -> None:
     """Fit every method and seed to one table (a child process each) and score the embeddings;
-    rows go to the :class:`TsvRows` ``fits_out`` and ``knn_out`` as each fit finishes."""
+    rows go to the :class:`TsvRows` ``fits_out`` and ``knn_out`` as each fit finishes. With
+    ``planned``, only the ``(table, method, seed)`` in it."""
     for method in methods:
         for seed in seeds:
+            if planned is not None and (table, method, seed) not in planned:
+                continue
             figures, emb = run_child(method, path, seed, n_latent, timeout)
             row = {"table": table, "method": method, "seed": seed}
             for key in ("n", "d", "k", "epochs", "import_s", "fit_wall_s", "fit_cpu_s",
@@ -275,6 +279,8 @@ def main(argv=None) -> Path:
     p.add_argument("--n-latent", type=int, default=10)
     p.add_argument("--timeout", type=float, default=None, help="seconds per fit")
     p.add_argument("--summarise", action="store_true", help="only write summary.md")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the fits that fits.tsv already holds without an error")
     args = p.parse_args(argv)
     out_dir = args.output
     if args.summarise:
@@ -288,6 +294,9 @@ def main(argv=None) -> Path:
             print(f"skipped {m}: its package is not installed (pip install -e '.[peers]')",
                   file=sys.stderr, flush=True)
     planned = {(t, m, s) for t in args.tables for m in methods for s in args.seeds}
+    if args.resume:
+        planned -= {(r["table"], r["method"], int(r["seed"]))
+                    for r in _read_tsv(out_dir / "fits.tsv") if not r.get("error")}
     kept_fits = _keep_rows(out_dir / "fits.tsv", planned)
     kept_knn = _keep_rows(out_dir / "knn.tsv", planned)
     fits_out = TsvRows(out_dir / "fits.tsv", "{:.4g}")
@@ -299,11 +308,11 @@ def main(argv=None) -> Path:
 
     import mvae
 
-    for table in args.tables:
+    for table in [t for t in args.tables if any(key[0] == t for key in planned)]:
         adata = mvae.read_counts(ROOT / TABLES[table])
         labels, groups = table_labels(table, adata.obs_names, adata.obs)
         run_table(table, ROOT / TABLES[table], labels, groups, methods, args.seeds, args.n_latent,
-                  fits_out, knn_out, args.timeout)
+                  fits_out, knn_out, args.timeout, planned)
     fits_out.close()
     knn_out.close()
     if (out_dir / "fits.tsv").is_file() and (out_dir / "knn.tsv").is_file():
