@@ -16,10 +16,10 @@ Usage (from the repository root)::
 quoted in the tutorial) and ``numbers.json``; the figures go to ``config.figures_dir``. The smoke
 mode also fits the same model from Python and checks that it equals the command line's.
 
-The k-nearest-neighbour cross-validation is written here with numpy (no scikit-learn): seeded,
-stratified folds; a majority vote among the k nearest training samples (Euclidean distance in the
-embedding), ties going to the tied class with the nearest neighbour; accuracy averaged over
-repeated fold assignments.
+The k-nearest-neighbour cross-validation is ``mvae.evaluation.knn`` (numpy, no scikit-learn; the
+benchmark against other methods uses the same): seeded, stratified folds; a majority vote among
+the k nearest training samples (Euclidean distance in the embedding), ties going to the tied class
+with the nearest neighbour; accuracy averaged over repeated fold assignments.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from mvae.evaluation.knn import knn_cv_accuracy, knn_predict, stratified_folds  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -83,65 +85,6 @@ def smoke_config(out_dir) -> Config:
     """Tiny epochs and few CV repeats: exercises every step in well under 30 s."""
     return Config(out_dir=Path(out_dir), epochs=2, hidden=16, n_repeats=2, extra_seeds=(1,),
                   smoke=True, check_python_fit=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# k-nearest-neighbour cross-validation (numpy only)
-# ------------------------------------------------------------------------------------------------
-
-
-def stratified_folds(labels: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
-    """Fold index (0..n_folds-1) per sample; every class is spread evenly over the folds."""
-    folds = np.empty(len(labels), dtype=np.int64)
-    start = 0
-    for cls in np.unique(labels):
-        idx = np.flatnonzero(labels == cls)
-        idx = idx[rng.permutation(len(idx))]
-        folds[idx] = (np.arange(len(idx)) + start) % n_folds  # continue where the last class ended
-        start += len(idx)
-    return folds
-
-
-def knn_predict(train_x, train_y, test_x, k: int) -> np.ndarray:
-    """Majority vote of the k nearest training samples; ties go to the tied class seen first.
-
-    Parameters
-    ----------
-    train_x : ndarray, shape (m, p)
-    train_y : ndarray, shape (m,)
-    test_x : ndarray, shape (t, p)
-    k : int
-
-    Returns
-    -------
-    ndarray, shape (t,)
-    """
-    # squared Euclidean distances, (t, m)
-    d2 = (test_x**2).sum(1)[:, None] - 2.0 * test_x @ train_x.T + (train_x**2).sum(1)[None, :]
-    nn = np.argsort(d2, axis=1, kind="stable")[:, :k]  # (t, k), nearest first
-    neighbour_labels = train_y[nn]
-    classes = np.unique(train_y)
-    scores = np.empty((len(test_x), len(classes)))
-    for c, cls in enumerate(classes):
-        hit = neighbour_labels == cls  # (t, k)
-        first = np.where(hit.any(1), hit.argmax(1), k)  # rank of the nearest neighbour of cls
-        scores[:, c] = hit.sum(1) - first / k  # votes; first/k < 1 only breaks ties
-    return classes[scores.argmax(1)]
-
-
-def knn_cv_accuracy(x, y, *, k: int, n_folds: int, n_repeats: int, seed: int) -> np.ndarray:
-    """Cross-validated kNN accuracy for each of ``n_repeats`` seeded stratified fold assignments."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y)
-    out = np.empty(n_repeats)
-    for r in range(n_repeats):
-        folds = stratified_folds(y, n_folds, np.random.default_rng([seed, r]))
-        correct = 0
-        for f in range(n_folds):
-            test = folds == f
-            correct += int((knn_predict(x[~test], y[~test], x[test], k) == y[test]).sum())
-        out[r] = correct / len(y)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import pkgutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import mvae
@@ -46,29 +45,6 @@ def test_tutorial_smoke(tmp_path):
     knn = numbers["knn"]
     assert len(knn["mean"]) == 12 and all(0.0 <= a <= 1.0 for a in knn["mean"])
     assert numbers["table"]["samples"] == 566 and numbers["table"]["features"] == 845
-
-
-def test_knn_cv_matches_a_brute_force_reference():
-    tutorial = _load_script("tutorial")
-    rng = np.random.default_rng(3)
-    x = np.vstack([rng.normal(0, 1, (20, 2)), rng.normal(4, 1, (20, 2))])
-    y = np.array(["a"] * 20 + ["b"] * 20)
-    # two well-separated clusters: leave-out accuracy is (nearly) perfect
-    acc = tutorial.knn_cv_accuracy(x, y, k=5, n_folds=5, n_repeats=3, seed=0)
-    assert acc.min() >= 0.95
-    # folds are stratified: each fold holds 4 of each class
-    folds = tutorial.stratified_folds(y, 5, np.random.default_rng(0))
-    for f in range(5):
-        assert (y[folds == f] == "a").sum() == 4 and (y[folds == f] == "b").sum() == 4
-    # prediction agrees with a plain loop over neighbours
-    test = rng.normal(2, 2, (15, 2))
-    got = tutorial.knn_predict(x, y, test, 7)
-    for t, g in zip(test, got):
-        order = np.argsort(((x - t) ** 2).sum(1), kind="stable")[:7]
-        labels, counts = np.unique(y[order], return_counts=True)
-        winners = set(labels[counts == counts.max()])
-        want = next(y[j] for j in order if y[j] in winners)
-        assert g == want
 
 
 def test_cli_reference_is_generated_from_the_click_definitions():
