@@ -170,8 +170,7 @@ def cli_arguments(config: Config, out: Path, *, shown: bool = False) -> list[str
     """
     p = _shown if shown else str
     args = ["fit", p(config.table), "-o", p(out), "--metadata", p(config.metadata),
-            "--color", "Country", "--threads", str(config.threads), "--seed", str(config.seed),
-            "--lr", "0.001"]
+            "--color", "Country", "--threads", str(config.threads), "--seed", str(config.seed)]
     if config.latent_dim != 10:
         args += ["--latent-dim", str(config.latent_dim)]
     if config.encoder_depth != 2:
@@ -283,7 +282,7 @@ def _run(config: Config) -> dict:
         # the same model fitted from Python, with the CLI run's settings
         py = mvae.MultinomialVAE(n_latent=config.latent_dim, encoder_depth=config.encoder_depth,
                                  n_hidden=config.hidden, max_epochs=config.epochs,
-                                 learning_rate=1e-3, random_state=config.seed,
+                                 random_state=config.seed,
                                  threads=config.threads)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -369,7 +368,7 @@ def _run(config: Config) -> dict:
     for seed in config.extra_seeds:  # the same fit from Python with other seeds
         other = mvae.MultinomialVAE(n_latent=config.latent_dim, encoder_depth=config.encoder_depth,
                                     n_hidden=config.hidden, max_epochs=config.epochs,
-                                    learning_rate=1e-3, random_state=seed,
+                                    random_state=seed,
                                     threads=config.threads)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
