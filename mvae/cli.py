@@ -463,12 +463,34 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
     _say(quiet, f"fitted {len(source) - int((model.filtered_['axis'] == 'sample').sum())} "
                 f"samples x {len(model.feature_ids_)} features in {len(hist)} epochs; the model "
                 f"is epoch {kept['epoch']}'s: train loss {kept['train']:.4g}, validation loss "
-                f"{kept['validation']:.4g} nats/sample; wrote {outdir}/")
+                f"{kept['validation']:.4g} nats/sample"
+                + (f", then its variances polished (validation {_polish_line(model)})"
+                   if _polish_line(model) else "") + f"; wrote {outdir}/")
     if verbose:
         ratio = ", ".join(f"{r:.3f}" for r in model.explained_variance_ratio_)
         _say(False, f"proportion of clr variance per axis: {ratio}; noise variance "
                     f"{model.noise_variance_:.4g}; {time.time() - started:.1f} s wall, "
                     f"{time.process_time() - cpu0:.1f} s CPU; files: {', '.join(files)}")
+
+
+def _polish_line(model) -> str:
+    p = getattr(model, "polish_", None)
+    if not p or not p["kept"]:
+        return ""
+    return f"{p['scores'][p['kept']]:.4g}"
+
+
+def _polish_summary(model) -> str | None:
+    """One line on the end-of-fit polish: the EM iterate kept and the validation loss it gave."""
+    p = getattr(model, "polish_", None)
+    if not p:
+        return None
+    kept, scores = int(p["kept"]), p["scores"]
+    if kept == 0:
+        return (f"not kept: no EM iterate beat the trained decoder's validation loss "
+                f"{scores[0]:.6g}")
+    return (f"iterate {kept} of {len(scores) - 1} kept: validation loss {scores[0]:.6g} -> "
+            f"{scores[kept]:.6g}, noise variance {p['sigma2'][0]:.4g} -> {p['sigma2'][kept]:.4g}")
 
 
 def _restored_losses(model) -> dict:
@@ -894,6 +916,7 @@ def _model_summary(path: Path) -> dict:
         # best epoch), not of the last epoch run
         "train loss": restored["train"] if restored else None,
         "validation loss": restored["validation"] if restored else None,
+        "polish": _polish_summary(model),
         "noise variance": float(model.noise_variance_),
         "proportion explained": [float(v) for v in model.explained_variance_ratio_],
         "seed": int(model.seed_),

@@ -114,6 +114,11 @@ class MultinomialVAE:
         Variance of the clr logits along each ordered axis (the squared singular values of W̃).
     noise_variance_ : float
         σ².
+    polish_ : dict or None
+        What the end-of-fit polish did (docs/model.md, "The polish"): ``scores``, the validation
+        −ELBO of the trained decoder and of each EM iterate; ``sigma2``, their σ²; ``kept``, the
+        iterate kept (0: the trained decoder); ``samples``, the training samples it used. None
+        without a validation split (or with the ``sampled`` objective).
     """
 
     def __init__(self, n_latent: int = 10, *, encoder_depth: int = 2, n_hidden: int = 128,
@@ -444,6 +449,11 @@ class MultinomialVAE:
                                    checkpoint_path=checkpoint, checkpoint_every=checkpoint_every,
                                    fingerprint=fingerprint, resume=resume, sharded=sharded,
                                    validation_score=score)
+            # the decoder's variances from refined posteriors (variational EM), judged by the
+            # validation score; None where there is no validation split to judge it
+            self.polish_ = (_polish(module, pca_rows, n_train, valid_data, score, sharded,
+                                    self.seed_ + 7)
+                            if config.objective == "marginal" else None)
         self.module_ = module.cpu().eval()
         self.history_ = history.to_frame()
         self.best_epoch_ = history.best_epoch
@@ -767,6 +777,7 @@ class MultinomialVAE:
             "module_config": asdict(self.module_.config),
             "seed": self.seed_,
             "best_epoch": self.best_epoch_,
+            "polish": getattr(self, "polish_", None),
             "feature_ids": self.feature_ids_,
             "input_feature_ids": self.input_feature_ids_,
             "basis": self.basis_.to_config(),
@@ -806,6 +817,7 @@ class MultinomialVAE:
             model.module_ = module.eval()
             model.seed_ = int(config["seed"])
             model.best_epoch_ = config.get("best_epoch")
+            model.polish_ = config.get("polish")
             model.feature_ids_ = list(config["feature_ids"])
             model._feature_index = {f: i for i, f in enumerate(model.feature_ids_)}
             model.input_feature_ids_ = list(config["input_feature_ids"])
@@ -1000,6 +1012,31 @@ def _dropped_report(dropped_samples, dropped_features):
 
 #: Largest number of matrix entries (samples x features) used for the PCA initialisation.
 PCA_INIT_ENTRIES = 2 * 10**7
+
+
+def _polish(module, read_rows, n_train: int, valid_data, score, sharded: bool,
+            seed: int) -> dict | None:
+    """:func:`mvae.training.polish.polish_decoder` with the fit's validation score as its guard
+    (summed over the ranks when the validation split is sharded, so every rank keeps the same
+    iterate)."""
+    from .training.distributed import current
+    from .training.loop import validation_sum
+    from .training.polish import polish_decoder
+
+    dist = current() if sharded else None
+    count = len(score) if score is not None else 0
+    if dist is not None:  # every rank takes the same branch
+        count = int(dist.sum([count])[0])
+    if count == 0:
+        return None
+
+    def validate(mod) -> float:
+        total, count = validation_sum(mod, valid_data, score, seed)
+        if dist is not None:
+            total, count = dist.sum([total, count])
+        return float(total / count) if count else float("nan")
+
+    return polish_decoder(module, read_rows, n_train, validate, seed=seed)
 
 
 def _pca_initialise(module, n: int, read_rows, rng) -> None:

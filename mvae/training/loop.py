@@ -189,7 +189,7 @@ def _kept(checkpoint_path, finished: bool = False) -> str:
     return f"checkpoint written to {checkpoint_path}"
 
 
-def _validation_sum(module, data, score, seed: int) -> tuple[float, int]:
+def validation_sum(module, data, score, seed: int) -> tuple[float, int]:
     """(sum of the per-sample validation −ELBO, number of samples) of this rank: from
     ``score`` when given, else :func:`evaluate` with noise fixed by ``seed``."""
     if data is None or not len(data):
@@ -474,7 +474,7 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
                         f"{step + 1}; {_kept(checkpoint_path)}",
                         flag.received, checkpoint_path)
             mean = [float(v) for v in sums / n_steps]  # plain floats: checkpoints hold no numpy
-            total, count = _validation_sum(module, validation_data, validation_score,
+            total, count = validation_sum(module, validation_data, validation_score,
                                            config.seed + 2 + (rank if sharded else 0))
             if sharded:  # the mean over every rank's validation shard
                 total, count = dist.sum([total, count])
