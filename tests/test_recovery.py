@@ -52,7 +52,7 @@ def sparse():
 
 
 def test_deep_sequencing_at_least_as_good_as_clr_pca(deep):
-    # measured: subspace 0.0034 vs 0.0040, Frobenius 0.111 vs 0.156, correlation r 0.9944 vs
+    # measured: subspace 0.0037 vs 0.0040, Frobenius 0.113 vs 0.156, correlation r 0.9948 vs
     # 0.9953 (mvae vs clr + PCA): better subspace and covariance, correlations within 0.001.
     sim, model, m, p = deep
     assert m["subspace"] <= p["subspace"]
@@ -62,10 +62,12 @@ def test_deep_sequencing_at_least_as_good_as_clr_pca(deep):
 
 
 def test_marginal_objective_recovers_sigma_when_deep(deep):
-    # measured σ̂ = 0.363 for σ = 0.316 (+15%)
+    # measured σ̂ = 0.318 for σ = 0.316 (+0.6%; +15-19% before the end-of-fit polish). The
+    # issue's target, 5%, is the tolerance: on simulate(1000, 200, 10) with 10,000 reads the
+    # package reaches +1.9 to +5.1% over seeds 0-4 (benchmarks/results/sigma/README.md)
     sim, model, _, _ = deep
     sigma_hat = np.sqrt(model.noise_variance_)
-    assert abs(sigma_hat - sim.sigma) / sim.sigma < 0.2
+    assert abs(sigma_hat - sim.sigma) / sim.sigma < 0.05
 
 
 def test_deep_embeddings_recover_z(deep):
@@ -75,8 +77,9 @@ def test_deep_embeddings_recover_z(deep):
 
 @pytest.mark.filterwarnings("ignore:.*fewer than 50 reads")  # shallow by design
 def test_sparse_clearly_better_than_clr_pca(sparse):
-    # measured (density 0.28, ~100 reads over 200 features): subspace 0.22 vs 0.44, Frobenius
-    # 0.65 vs 0.95, correlation r 0.90 vs 0.73 (mvae vs clr(x + 1) + PCA)
+    # measured (density 0.28, ~100 reads over 200 features): subspace 0.20 vs 0.44, Frobenius
+    # 0.48 vs 0.95, correlation r 0.90 vs 0.73 (mvae vs clr(x + 1) + PCA; Frobenius was 0.65
+    # before the end-of-fit polish)
     sim, model, m, p = sparse
     assert m["corr"] > p["corr"] + 0.12
     assert m["subspace"] < p["subspace"] - 0.15
