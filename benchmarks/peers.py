@@ -115,16 +115,21 @@ def child(method: str, table_path: str, seed: int, n_latent: int, out_npy: str) 
             "threads": torch.get_num_threads(), "version": _package_version(method)}
 
 
-def run_child(method: str, table_path, seed: int, n_latent: int, timeout: float | None) -> tuple:
+def run_child(method: str, table_path, seed: int, n_latent: int, timeout: float | None,
+              script=None, extra=()) -> tuple:
     """(figures, embedding) of one fit in a fresh process; (figures with an ``error``, None) if
-    it failed."""
+    it failed.
+
+    ``script`` (default this file) is run as ``script --child method table seed n_latent out
+    *extra``; what the child saves to ``out`` comes back: an array (``np.save``) or a dict of
+    arrays (``np.savez``)."""
     env = dict(os.environ, **ONE_THREAD)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]]
                                                         if env.get("PYTHONPATH") else []))
     with tempfile.TemporaryDirectory() as tmp:
         npy = str(Path(tmp) / "embedding.npy")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, str(table_path),
-               str(seed), str(n_latent), npy]
+        cmd = [sys.executable, str(Path(script or __file__).resolve()), "--child", method,
+               str(table_path), str(seed), str(n_latent), npy, *map(str, extra)]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -133,7 +138,9 @@ def run_child(method: str, table_path, seed: int, n_latent: int, timeout: float 
             last = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
             return {"error": (last[-1] if last else f"exit {out.returncode}")[:300]}, None
         figures = json.loads(out.stdout.strip().splitlines()[-1])
-        return figures, np.load(npy)
+        with open(npy, "rb") as fh:
+            saved = np.load(fh)
+            return figures, (dict(saved) if isinstance(saved, np.lib.npyio.NpzFile) else saved)
 
 
 # --------------------------------------------------------------------------- labels and scoring
