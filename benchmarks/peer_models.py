@@ -230,8 +230,9 @@ def multinomial_lowrank_posterior(counts, bias, components, *, seed: int = 0,
     multinomial_log_prob``, the function of mvae's own loss). q starts at the Laplace mean-field
     point (m the posterior mode by damped Newton steps, v the inverse diagonal of the negative
     Hessian there); Adam on (m, log v) then maximises the ELBO with reparameterised draws
-    (``step_draws`` per step, from a generator seeded with ``seed``), the step size decayed to
-    zero on a cosine over ``steps``. The returned ELBO is estimated at the end with
+    (``step_draws`` per step, from a generator seeded with ``seed`` and shared by the samples,
+    so a sample's result does not depend on the others given with it), the step size decayed
+    to zero on a cosine over ``steps``. The returned ELBO is estimated at the end with
     ``final_draws`` draws, in float64.
 
     Parameters
@@ -256,9 +257,9 @@ def multinomial_lowrank_posterior(counts, bias, components, *, seed: int = 0,
     C64 = torch.as_tensor(np.asarray(components, dtype=np.float64))
     b32, C32 = b64.float(), C64.float()
     D = C64.shape[0]
-    generator = torch.Generator().manual_seed(int(seed))
     means, log_vars, elbos = [], [], []
     for start in range(0, x_all.shape[0], rows):
+        generator = torch.Generator().manual_seed(int(seed))  # the same draws for every chunk
         x64 = torch.as_tensor(x_all[start:start + rows])
         x32 = x64.float()
         const = multinomial_log_const(x64)
@@ -267,7 +268,7 @@ def multinomial_lowrank_posterior(counts, bias, components, *, seed: int = 0,
         s = (-torch.log(curvature)).float().clone().requires_grad_(True)
         optimiser = torch.optim.Adam([m, s], lr=learning_rate)
         for t in range(steps):
-            eps = torch.randn((step_draws, *m.shape), generator=generator)
+            eps = torch.randn((step_draws, 1, m.shape[1]), generator=generator)
             logits = b32 + (m + torch.exp(0.5 * s) * eps) @ C32.T  # (S, B, D)
             ll = multinomial_log_prob(logits, x32, const.float()).mean(0)
             kl = 0.5 * (m**2 + torch.exp(s) - 1.0 - s).sum(1)
@@ -281,8 +282,8 @@ def multinomial_lowrank_posterior(counts, bias, components, *, seed: int = 0,
             ll = torch.zeros(x64.shape[0], dtype=torch.float64)
             per = max(1, min(final_draws, 2**24 // max(1, x64.shape[0] * D)))
             for d0 in range(0, final_draws, per):
-                eps = torch.randn((min(per, final_draws - d0), *m64.shape), generator=generator,
-                                  dtype=torch.float64)
+                eps = torch.randn((min(per, final_draws - d0), 1, m64.shape[1]),
+                                  generator=generator, dtype=torch.float64)
                 logits = b64 + (m64 + torch.exp(0.5 * s64) * eps) @ C64.T
                 ll += multinomial_log_prob(logits, x64, const).sum(0)
             ll /= final_draws

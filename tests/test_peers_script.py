@@ -122,8 +122,25 @@ def test_each_installed_peer_embeds_the_table(method):
         assert new.shape == (5, 3) and np.isfinite(new).all()
         # and a training cell the same whether given with the others or alone
         np.testing.assert_allclose(fitted.embed(x[:1]), fitted.embedding[:1], atol=1e-5)
-    else:  # no new-sample map in pyPLNmodels 1.0.10 or gemelli's rpca
-        assert fitted.embed is None
+    else:  # PLN-PCA: each new sample's multinomial posterior given depth, parameters frozen;
+        # gemelli: its rpca_transform (benchmarks/peer_models.py)
+        new = fitted.embed(x[40:])
+        assert new.shape == (5, 3) and np.isfinite(new).all()
+        # the training samples through the same map land about where the fit put them
+        from scipy.spatial.distance import pdist
+
+        again = fitted.embed(x[:40])
+        if method == "pln_pca":
+            assert np.corrcoef(pdist(again), pdist(fitted.embedding))[0, 1] > 0.9
+        else:  # gemelli's projection scales axis j by s_j / |s| where its scores have unit norm
+            for j in range(3):
+                assert abs(np.corrcoef(again[:, j], fitted.embedding[:, j])[0, 1]) > 0.9
+    if method == "pln_pca":  # a held-out count likelihood: multinomial, with its coefficient
+        scores = fitted.score(x[40:])
+        assert set(scores) == {"optimised"} and scores["optimised"].shape == (5,)
+        assert (scores["optimised"] > 0).all() and np.isfinite(scores["optimised"]).all()
+    else:
+        assert fitted.score is None
 
 
 def test_labels_come_from_the_shipped_metadata():
