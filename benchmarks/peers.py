@@ -277,15 +277,33 @@ def run_table(table: str, path, labels: dict, groups, methods, seeds, n_latent: 
                 print(json.dumps(knn_row), flush=True)
 
 
-def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-o", "--output", type=Path, default=ROOT / "benchmarks/results/peers")
+def arguments(description: str, output: str, methods) -> argparse.ArgumentParser:
+    """The options this benchmark and ``benchmarks/real_tables.py`` share."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("-o", "--output", type=Path, default=ROOT / output)
     p.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(methods), choices=list(methods))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--n-latent", type=int, default=10)
     p.add_argument("--timeout", type=float, default=None, help="seconds per fit")
     p.add_argument("--summarise", action="store_true", help="only write summary.md")
+    return p
+
+
+def installed_methods(methods) -> list:
+    """``methods`` whose package is installed; a note on stderr for each that is not."""
+    kept = []
+    for m in methods:
+        if installed(m):
+            kept.append(m)
+        else:
+            print(f"skipped {m}: its package is not installed (pip install -e '.[peers]')",
+                  file=sys.stderr, flush=True)
+    return kept
+
+
+def main(argv=None) -> Path:
+    p = arguments(__doc__.split("\n\n")[0], "benchmarks/results/peers", METHODS)
     p.add_argument("--resume", action="store_true",
                    help="skip the fits that fits.tsv already holds without an error")
     args = p.parse_args(argv)
@@ -293,13 +311,7 @@ def main(argv=None) -> Path:
     if args.summarise:
         print(summarise(out_dir))
         return out_dir
-    methods = []
-    for m in args.methods:
-        if installed(m):
-            methods.append(m)
-        else:
-            print(f"skipped {m}: its package is not installed (pip install -e '.[peers]')",
-                  file=sys.stderr, flush=True)
+    methods = installed_methods(args.methods)
     planned = {(t, m, s) for t in args.tables for m in methods for s in args.seeds}
     if args.resume:
         planned -= {(r["table"], r["method"], int(r["seed"]))

@@ -31,7 +31,6 @@ that ``fits.tsv`` holds without an error (``--redo`` refits them).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import resource
@@ -44,13 +43,15 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from benchmarks.peer_models import METHODS, _csr, installed
-    from benchmarks.peers import ROOT, _package_version, _read_tsv, run_child, table_labels
+    from benchmarks.peer_models import METHODS, _csr
+    from benchmarks.peers import (ROOT, _package_version, _read_tsv, arguments, installed_methods,
+                                  run_child, table_labels)
     from benchmarks.refine import split
     from benchmarks.shipped import TABLES, TsvRows
 except ImportError:  # run as a script: benchmarks/ itself is on the path
-    from peer_models import METHODS, _csr, installed
-    from peers import ROOT, _package_version, _read_tsv, run_child, table_labels
+    from peer_models import METHODS, _csr
+    from peers import (ROOT, _package_version, _read_tsv, arguments, installed_methods, run_child,
+                       table_labels)
     from refine import split
     from shipped import TABLES, TsvRows
 
@@ -331,27 +332,13 @@ def summarise(out_dir: Path) -> str:
 
 
 def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-o", "--output", type=Path, default=ROOT / "benchmarks/results/real_tables")
-    p.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
-    p.add_argument("--methods", nargs="+", default=list(REAL_METHODS), choices=list(REAL_METHODS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--n-latent", type=int, default=10)
+    p = arguments(__doc__.split("\n\n")[0], "benchmarks/results/real_tables", REAL_METHODS)
     p.add_argument("--jobs", type=int, default=1, help="child processes at a time")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per fit")
     p.add_argument("--redo", action="store_true", help="refit what fits.tsv already holds")
-    p.add_argument("--summarise", action="store_true", help="only write summary.md")
     args = p.parse_args(argv)
     if not args.summarise:
-        methods = []
-        for m in args.methods:
-            if installed(m):
-                methods.append(m)
-            else:
-                print(f"skipped {m}: its package is not installed (pip install -e '.[peers]')",
-                      file=sys.stderr, flush=True)
-        run({t: ROOT / TABLES[t] for t in args.tables}, methods, args.seeds, args.n_latent,
-            args.output, args.jobs, args.timeout, args.redo)
+        run({t: ROOT / TABLES[t] for t in args.tables}, installed_methods(args.methods),
+            args.seeds, args.n_latent, args.output, args.jobs, args.timeout, args.redo)
     print(summarise(args.output))
     return args.output
 

@@ -15,6 +15,7 @@ from scipy import integrate
 from scipy.special import gammaln, logsumexp
 
 from benchmarks import peer_models, real_tables
+from tests.helpers import three_groups
 
 
 def _rows(path):
@@ -22,23 +23,12 @@ def _rows(path):
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
-def _tiny(rng, n_per=15, d=25):
-    """Three groups of samples, each with its own composition; labels follow the group."""
-    base = rng.dirichlet(np.ones(d), size=3)
-    x, y = [], []
-    for g in range(3):
-        p = rng.dirichlet(200 * base[g], size=n_per)
-        x.append(np.stack([rng.multinomial(int(rng.integers(300, 900)), pi) for pi in p]))
-        y += [f"type{g}"] * n_per
-    return np.vstack(x).astype(np.float64), np.array(y, dtype=object)
-
-
 @pytest.mark.benchmark
 def test_runs_end_to_end_on_a_tiny_table_and_resumes(tmp_path):
     import anndata
 
     rng = np.random.default_rng(0)
-    x, y = _tiny(rng)
+    x, y = three_groups(rng)
     path = tmp_path / "tiny.h5ad"
     anndata.AnnData(X=scipy.sparse.csr_matrix(x.astype(np.int32))).write_h5ad(path)
     groups = np.repeat(np.arange(len(y) // 3), 3).astype(str)  # subjects of 3 samples
