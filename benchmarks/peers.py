@@ -115,16 +115,21 @@ def child(method: str, table_path: str, seed: int, n_latent: int, out_npy: str) 
             "threads": torch.get_num_threads(), "version": _package_version(method)}
 
 
-def run_child(method: str, table_path, seed: int, n_latent: int, timeout: float | None) -> tuple:
+def run_child(method: str, table_path, seed: int, n_latent: int, timeout: float | None,
+              script=None, extra=()) -> tuple:
     """(figures, embedding) of one fit in a fresh process; (figures with an ``error``, None) if
-    it failed."""
+    it failed.
+
+    ``script`` (default this file) is run as ``script --child method table seed n_latent out
+    *extra``; what the child saves to ``out`` comes back: an array (``np.save``) or a dict of
+    arrays (``np.savez``)."""
     env = dict(os.environ, **ONE_THREAD)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]]
                                                         if env.get("PYTHONPATH") else []))
     with tempfile.TemporaryDirectory() as tmp:
         npy = str(Path(tmp) / "embedding.npy")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, str(table_path),
-               str(seed), str(n_latent), npy]
+        cmd = [sys.executable, str(Path(script or __file__).resolve()), "--child", method,
+               str(table_path), str(seed), str(n_latent), npy, *map(str, extra)]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -133,7 +138,9 @@ def run_child(method: str, table_path, seed: int, n_latent: int, timeout: float 
             last = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
             return {"error": (last[-1] if last else f"exit {out.returncode}")[:300]}, None
         figures = json.loads(out.stdout.strip().splitlines()[-1])
-        return figures, np.load(npy)
+        with open(npy, "rb") as fh:
+            saved = np.load(fh)
+            return figures, (dict(saved) if isinstance(saved, np.lib.npyio.NpzFile) else saved)
 
 
 # --------------------------------------------------------------------------- labels and scoring
@@ -270,15 +277,33 @@ def run_table(table: str, path, labels: dict, groups, methods, seeds, n_latent: 
                 print(json.dumps(knn_row), flush=True)
 
 
-def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-o", "--output", type=Path, default=ROOT / "benchmarks/results/peers")
+def arguments(description: str, output: str, methods) -> argparse.ArgumentParser:
+    """The options this benchmark and ``benchmarks/real_tables.py`` share."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("-o", "--output", type=Path, default=ROOT / output)
     p.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(methods), choices=list(methods))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--n-latent", type=int, default=10)
     p.add_argument("--timeout", type=float, default=None, help="seconds per fit")
     p.add_argument("--summarise", action="store_true", help="only write summary.md")
+    return p
+
+
+def installed_methods(methods) -> list:
+    """``methods`` whose package is installed; a note on stderr for each that is not."""
+    kept = []
+    for m in methods:
+        if installed(m):
+            kept.append(m)
+        else:
+            print(f"skipped {m}: its package is not installed (pip install -e '.[peers]')",
+                  file=sys.stderr, flush=True)
+    return kept
+
+
+def main(argv=None) -> Path:
+    p = arguments(__doc__.split("\n\n")[0], "benchmarks/results/peers", METHODS)
     p.add_argument("--resume", action="store_true",
                    help="skip the fits that fits.tsv already holds without an error")
     args = p.parse_args(argv)
@@ -286,13 +311,7 @@ def main(argv=None) -> Path:
     if args.summarise:
         print(summarise(out_dir))
         return out_dir
-    methods = []
-    for m in args.methods:
-        if installed(m):
-            methods.append(m)
-        else:
-            print(f"skipped {m}: its package is not installed (pip install -e '.[peers]')",
-                  file=sys.stderr, flush=True)
+    methods = installed_methods(args.methods)
     planned = {(t, m, s) for t in args.tables for m in methods for s in args.seeds}
     if args.resume:
         planned -= {(r["table"], r["method"], int(r["seed"]))

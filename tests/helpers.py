@@ -66,3 +66,14 @@ def assert_one_model_file_error(saved, tmp_path, case, breaker, match):
         MultinomialVAE.load(d)
     assert str(d) in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def three_groups(rng, n_per=15, d=25):
+    """Three groups of samples, each with its own composition; labels follow the group."""
+    base = rng.dirichlet(np.ones(d), size=3)
+    x, y = [], []
+    for g in range(3):
+        p = rng.dirichlet(200 * base[g], size=n_per)
+        x.append(np.stack([rng.multinomial(int(rng.integers(300, 900)), pi) for pi in p]))
+        y += [f"type{g}"] * n_per
+    return np.vstack(x).astype(np.float64), np.array(y, dtype=object)

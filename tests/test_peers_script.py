@@ -15,22 +15,12 @@ import scipy.sparse
 
 from benchmarks import peer_models, peers
 from benchmarks.shipped import TsvRows
+from tests.helpers import three_groups
 
 pytestmark = pytest.mark.benchmark
 
 PEERS = {"linear_scvi": "scvi", "scvi": "scvi", "pln_pca": "pyPLNmodels",
          "gemelli_rpca": "gemelli"}
-
-
-def _tiny(rng, n_per=15, d=25):
-    """Three groups of samples, each with its own composition; labels follow the group."""
-    base = rng.dirichlet(np.ones(d), size=3)
-    x, y = [], []
-    for g in range(3):
-        p = rng.dirichlet(200 * base[g], size=n_per)
-        x.append(np.stack([rng.multinomial(int(rng.integers(300, 900)), pi) for pi in p]))
-        y += [f"type{g}"] * n_per
-    return np.vstack(x).astype(np.float64), np.array(y, dtype=object)
 
 
 def _write_h5ad(path, x):
@@ -46,7 +36,7 @@ def _rows(path):
 
 def test_runs_end_to_end_on_a_tiny_table_with_the_installed_methods(tmp_path):
     rng = np.random.default_rng(0)
-    x, y = _tiny(rng)
+    x, y = three_groups(rng)
     path = tmp_path / "tiny.h5ad"
     _write_h5ad(path, x)
     # subjects of 3 samples each, all of one type
@@ -85,7 +75,7 @@ def test_a_failing_fit_is_recorded_and_the_run_goes_on(tmp_path):
 
 def test_clr_pca_places_new_samples_on_the_training_axes():
     rng = np.random.default_rng(1)
-    x, _ = _tiny(rng)
+    x, _ = three_groups(rng)
     fitted = peer_models.fit("clr_pca", x[:40], n_latent=4)
     # the training samples, projected as new ones, land where the fit put them
     np.testing.assert_allclose(fitted.embed(x[:40]), fitted.embedding, atol=1e-9)
@@ -102,7 +92,7 @@ def test_mvae_embeds_new_samples_as_its_transform_does():
     import mvae
 
     rng = np.random.default_rng(2)
-    x, _ = _tiny(rng)
+    x, _ = three_groups(rng)
     fitted = peer_models.fit("mvae", x[:40], n_latent=2, seed=0)
     ref = mvae.MultinomialVAE(n_latent=2, random_state=0, threads=1, progress=False).fit(x[:40])
     np.testing.assert_allclose(fitted.embedding, ref.transform(x[:40]), atol=1e-6)
@@ -114,7 +104,7 @@ def test_mvae_embeds_new_samples_as_its_transform_does():
 def test_each_installed_peer_embeds_the_table(method):
     pytest.importorskip(PEERS[method])
     rng = np.random.default_rng(3)
-    x, _ = _tiny(rng)
+    x, _ = three_groups(rng)
     fitted = peer_models.fit(method, x[:40], n_latent=3, seed=0)
     assert fitted.embedding.shape == (40, 3) and np.isfinite(fitted.embedding).all()
     if method in ("linear_scvi", "scvi"):  # scvi-tools embeds new cells with the fitted encoder
@@ -122,8 +112,25 @@ def test_each_installed_peer_embeds_the_table(method):
         assert new.shape == (5, 3) and np.isfinite(new).all()
         # and a training cell the same whether given with the others or alone
         np.testing.assert_allclose(fitted.embed(x[:1]), fitted.embedding[:1], atol=1e-5)
-    else:  # no new-sample map in pyPLNmodels 1.0.10 or gemelli's rpca
-        assert fitted.embed is None
+    else:  # PLN-PCA: each new sample's multinomial posterior given depth, parameters frozen;
+        # gemelli: its rpca_transform (benchmarks/peer_models.py)
+        new = fitted.embed(x[40:])
+        assert new.shape == (5, 3) and np.isfinite(new).all()
+        # the training samples through the same map land about where the fit put them
+        from scipy.spatial.distance import pdist
+
+        again = fitted.embed(x[:40])
+        if method == "pln_pca":
+            assert np.corrcoef(pdist(again), pdist(fitted.embedding))[0, 1] > 0.9
+        else:  # gemelli's projection scales axis j by s_j / |s| where its scores have unit norm
+            for j in range(3):
+                assert abs(np.corrcoef(again[:, j], fitted.embedding[:, j])[0, 1]) > 0.9
+    if method == "pln_pca":  # a held-out count likelihood: multinomial, with its coefficient
+        scores = fitted.score(x[40:])
+        assert set(scores) == {"optimised"} and scores["optimised"].shape == (5,)
+        assert (scores["optimised"] > 0).all() and np.isfinite(scores["optimised"]).all()
+    else:
+        assert fitted.score is None
 
 
 def test_labels_come_from_the_shipped_metadata():
