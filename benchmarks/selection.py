@@ -6,7 +6,13 @@ posteriors, so the number judges the decoder the fit restored, not its encoder).
 
 - ``encoder``: the validation −ELBO under the encoder's posterior (before this change), 10 % split;
 - ``refined`` (the package's default): validation posteriors refined 5 Adam steps per epoch,
-  warm-started across epochs (:class:`mvae.training.selection.RefinedValidation`), 10 % split.
+  warm-started across epochs (:class:`mvae.training.selection.RefinedValidation`), 10 % split;
+- encoder settings (issue 18, item 3), each with the default selection: ``dropout0.1``,
+  ``dropout0.3`` (dropout in the encoder's hidden layers), ``hidden32`` (32 hidden units instead
+  of 128), ``depth1`` (one hidden layer instead of two):
+
+      python benchmarks/selection.py --variants refined dropout0.1 dropout0.3 hidden32 depth1 \
+          -o benchmarks/results/selection/encoder_settings.tsv
 
 (A floor of min(20, n // 4) validation samples on small tables was measured on moving pictures
 and not adopted: ``benchmarks/results/selection/README.md``.)
@@ -40,7 +46,11 @@ except ImportError:  # run as a script: benchmarks/ itself is on the path
     from refine import split
     from shipped import TABLES, TsvRows
 
-VARIANTS = ("encoder", "refined")
+#: Encoder settings compared by the same held-out score (issue 18, item 3: encoder
+#: regularisation for small tables); every other setting at its default, selection ``refined``.
+SETTINGS = {"dropout0.1": {"dropout": 0.1}, "dropout0.3": {"dropout": 0.3},
+            "hidden32": {"n_hidden": 32}, "depth1": {"encoder_depth": 1}}
+VARIANTS = ("encoder", "refined", *SETTINGS)
 
 
 @contextlib.contextmanager
@@ -61,7 +71,8 @@ def fit_one(adata, seed: int, name: str, history_path=None) -> dict:
     import mvae
 
     train, held = split(adata.n_obs, seed)
-    model = mvae.MultinomialVAE(random_state=seed, threads=1, progress=False)
+    model = mvae.MultinomialVAE(random_state=seed, threads=1, progress=False,
+                                **SETTINGS.get(name, {}))
     with variant(name), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t0 = time.process_time()
