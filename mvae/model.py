@@ -74,7 +74,9 @@ class MultinomialVAE:
     tree : str, path or skbio.TreeNode, optional
         Newick tree over the features, required for ``basis="tree"``.
     activation, dropout
-        Encoder nonlinearity and dropout.
+        Encoder nonlinearity and the dropout rate of its hidden layers (default 0.3: the encoder
+        overfits small tables; chosen by held-out −ELBO on the shipped tables,
+        ``benchmarks/results/selection/`` "Encoder settings").
     n_mc_samples : int
         Reparameterised draws per sample and step.
     batch_size, max_epochs, learning_rate, early_stopping, patience, validation_fraction,
@@ -124,7 +126,7 @@ class MultinomialVAE:
     def __init__(self, n_latent: int = 10, *, encoder_depth: int = 2, n_hidden: int = 128,
                  pseudocount: float = 1.0, objective: str = "marginal",
                  posterior_rank: int = 32, basis: str = "helmert",
-                 tree=None, activation: str = "gelu", dropout: float = 0.0, n_mc_samples: int = 1,
+                 tree=None, activation: str = "gelu", dropout: float = 0.3, n_mc_samples: int = 1,
                  batch_size: int = 128, max_epochs: int | None = None,
                  learning_rate: float = 3e-3,
                  early_stopping: bool = True, patience: int | None = None,

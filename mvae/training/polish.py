@@ -120,6 +120,7 @@ def polish_decoder(module, read_rows, n_train: int, validate, *, seed: int,
     """
     from .batches import CountData
 
+    module.eval()  # the encoder's starting posteriors without dropout
     device = module.loadings_raw.device
     D = module.config.n_features
     rows = int(min(n_train, max(1, max_entries // D)))
