@@ -63,6 +63,7 @@ PARTS = [
     ("minibatch store (CountData)", "mvae.training.batches", "CountData.__init__"),
     ("torch.optim.Adam construction", "torch.optim", "Adam.__init__"),
     ("reported form", "mvae.model", "MultinomialVAE._set_ordered_form"),
+    ("end-of-fit polish (EM on the variances)", "mvae.model", "_polish"),
     ("epochs", "mvae.training.loop", "train_module"),
 ]
 

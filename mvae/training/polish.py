@@ -18,7 +18,7 @@ alternates, on the training samples:
 
 The directions and b̃ stay as training left them: they are learnt from every sample, while the
 polish sees at most ``MAX_ENTRIES`` entries (a random subset of the training samples on large
-tables), enough for k + 1 variances but not for new directions. Each M-step is accepted only as
+tables, and at most ``MAX_SAMPLES``), enough for k + 1 variances but not for new directions. Each M-step is accepted only as
 far as the validation score (the same refined, warm-started score early stopping watches) says:
 the decoder kept is the iterate with the lowest validation −ELBO, the trained one included (scored
 after its validation posteriors have settled on it: training leaves them fitted to the last
@@ -34,7 +34,7 @@ import torch
 
 from .refine import REFINE_LEARNING_RATE, REFINE_STEPS, PosteriorSet, frozen_prior, refine_posterior
 
-__all__ = ["POLISH_ITERATIONS", "POLISH_STEPS", "POLISH_LEARNING_RATE", "MAX_ENTRIES",
+__all__ = ["POLISH_ITERATIONS", "POLISH_STEPS", "POLISH_LEARNING_RATE", "MAX_ENTRIES", "MAX_SAMPLES",
            "variance_m_step", "polish_decoder"]
 
 #: EM iterations, and the E-step's warm-started Adam steps and step size (small: the posteriors
@@ -43,8 +43,12 @@ __all__ = ["POLISH_ITERATIONS", "POLISH_STEPS", "POLISH_LEARNING_RATE", "MAX_ENT
 POLISH_ITERATIONS = 10
 POLISH_STEPS = 20
 POLISH_LEARNING_RATE = 0.003
-#: Entries (samples x features) of training posteriors kept: 2²³ float32 values, four arrays.
+#: Entries (samples x features) of training posteriors kept: 2²³ float32 values, four arrays;
+#: and at most this many samples: k + 1 variances need no more (a variance from 1,000 samples is
+#: within ±4.5 %), and the polish's cost grows with them (a 5,000 x 2,000 table: 41 CPU-s with
+#: 4,194 samples; benchmarks/results/fixed_costs/). Every table measured had fewer.
 MAX_ENTRIES = 2**23
+MAX_SAMPLES = 1000
 #: Calls of the validation score (each a few refinement steps) that may settle the validation
 #: posteriors on the restored decoder before the polish, and the relative change that ends them.
 SETTLE_CALLS = 40
@@ -123,7 +127,7 @@ def polish_decoder(module, read_rows, n_train: int, validate, *, seed: int,
     module.eval()  # the encoder's starting posteriors without dropout
     device = module.loadings_raw.device
     D = module.config.n_features
-    rows = int(min(n_train, max(1, max_entries // D)))
+    rows = int(min(n_train, MAX_SAMPLES, max(1, max_entries // D)))
     rng = np.random.default_rng(seed) if rng is None else rng
     subset = np.sort(rng.choice(n_train, size=rows, replace=False)) if rows < n_train \
         else np.arange(n_train)
