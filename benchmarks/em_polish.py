@@ -144,7 +144,8 @@ def polish(model, counts, iterations: int, steps: int, learning_rate: float, emi
         if mode == "full":
             W, b, s2 = ppca_m_step(means, log_vars, k)
         elif mode == "scales":  # the package's M-step (mvae.training.polish)
-            W, s2 = variance_m_step(means, log_vars, module.loadings.detach(), module.bias.detach())
+            W, s2 = variance_m_step([(means, log_vars)], module.loadings.detach(),
+                                    module.bias.detach())
             b = module.bias.detach().double()
         else:
             W, b, s2 = sigma_m_step(means, log_vars, module.loadings.detach(), module.bias.detach())

@@ -463,9 +463,7 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
     _say(quiet, f"fitted {len(source) - int((model.filtered_['axis'] == 'sample').sum())} "
                 f"samples x {len(model.feature_ids_)} features in {len(hist)} epochs; the model "
                 f"is epoch {kept['epoch']}'s: train loss {kept['train']:.4g}, validation loss "
-                f"{kept['validation']:.4g} nats/sample"
-                + (f", then its variances polished (validation {_polish_line(model)})"
-                   if _polish_line(model) else "") + f"; wrote {outdir}/")
+                f"{kept['validation']:.4g} nats/sample{_polish_clause(model)}; wrote {outdir}/")
     if verbose:
         ratio = ", ".join(f"{r:.3f}" for r in model.explained_variance_ratio_)
         _say(False, f"proportion of clr variance per axis: {ratio}; noise variance "
@@ -473,11 +471,12 @@ def fit(ctx, table, outdir, latent_dim, encoder_depth, hidden, pseudocount, obje
                     f"{time.process_time() - cpu0:.1f} s CPU; files: {', '.join(files)}")
 
 
-def _polish_line(model) -> str:
+def _polish_clause(model) -> str:
+    """", then its variances polished (validation X)" when the end-of-fit polish was kept."""
     p = getattr(model, "polish_", None)
     if not p or not p["kept"]:
         return ""
-    return f"{p['scores'][p['kept']]:.4g}"
+    return f", then its variances polished (validation {p['scores'][p['kept']]:.4g})"
 
 
 def _polish_summary(model) -> str | None:

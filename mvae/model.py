@@ -1033,10 +1033,8 @@ def _polish(module, read_rows, n_train: int, valid_data, score, sharded: bool,
         return None
 
     def validate(mod) -> float:
-        total, count = validation_sum(mod, valid_data, score, seed)
-        if dist is not None:
-            total, count = dist.sum([total, count])
-        return float(total / count) if count else float("nan")
+        total, n = validation_sum(mod, valid_data, score, seed, dist)
+        return float(total / n)
 
     return polish_decoder(module, read_rows, n_train, validate, seed=seed)
 

@@ -36,8 +36,10 @@ def test_variance_m_step_is_the_maximum_over_scales_and_sigma():
     b -= b.mean()
     means = b + rng.normal(size=(n, k)) @ W0.T * 1.7 + 0.4 * rng.normal(size=(n, D)) + 3.0
     variances = rng.uniform(0.05, 0.5, size=(n, D))
-    W, s2 = variance_m_step(torch.tensor(means), torch.tensor(np.log(variances)),
-                            torch.tensor(W0), torch.tensor(b))
+    # in uneven chunks, as the polish gives them: only sums over the samples are kept
+    chunks = [(torch.tensor(means[i:j]), torch.tensor(np.log(variances[i:j])))
+              for i, j in [(0, 13), (13, 14), (14, n)]]
+    W, s2 = variance_m_step(chunks, torch.tensor(W0), torch.tensor(b))
     U, _, Vt = np.linalg.svd(W0, full_matrices=False)
 
     def negative(p):

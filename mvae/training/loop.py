@@ -189,14 +189,19 @@ def _kept(checkpoint_path, finished: bool = False) -> str:
     return f"checkpoint written to {checkpoint_path}"
 
 
-def validation_sum(module, data, score, seed: int) -> tuple[float, int]:
-    """(sum of the per-sample validation −ELBO, number of samples) of this rank: from
-    ``score`` when given, else :func:`evaluate` with noise fixed by ``seed``."""
+def validation_sum(module, data, score, seed: int, dist=None) -> tuple[float, int]:
+    """(sum of the per-sample validation −ELBO, number of samples): from ``score`` when given,
+    else :func:`evaluate` with noise fixed by ``seed``; this rank's, or every rank's added up
+    when ``dist`` (a :class:`~mvae.training.distributed.DistInfo`) is given."""
     if data is None or not len(data):
-        return 0.0, 0
-    if score is not None:
-        return score(module) * len(score), len(score)
-    return evaluate(module, data, 1024, seed) * len(data), len(data)
+        total, count = 0.0, 0
+    elif score is not None:
+        total, count = score(module) * len(score), len(score)
+    else:
+        total, count = evaluate(module, data, 1024, seed) * len(data), len(data)
+    if dist is not None:
+        total, count = dist.sum([total, count])
+    return total, count
 
 
 class _SignalFlag:
@@ -474,10 +479,10 @@ def train_module(module: torch.nn.Module, train_data, validation_data=None,
                         f"{step + 1}; {_kept(checkpoint_path)}",
                         flag.received, checkpoint_path)
             mean = [float(v) for v in sums / n_steps]  # plain floats: checkpoints hold no numpy
+            # sharded: the mean over every rank's validation shard
             total, count = validation_sum(module, validation_data, validation_score,
-                                           config.seed + 2 + (rank if sharded else 0))
-            if sharded:  # the mean over every rank's validation shard
-                total, count = dist.sum([total, count])
+                                          config.seed + 2 + (rank if sharded else 0),
+                                          dist if sharded else None)
             valid = float(total / count) if count else math.nan
             history.epoch.append(epoch + 1)
             history.train_loss.append(mean[0])

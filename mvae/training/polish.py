@@ -57,15 +57,16 @@ SETTLE_TOLERANCE = 1e-4
 CHUNK_ROWS = 256
 
 
-def variance_m_step(means: torch.Tensor, log_vars: torch.Tensor, loadings: torch.Tensor,
+def variance_m_step(posteriors, loadings: torch.Tensor,
                     bias: torch.Tensor) -> tuple[torch.Tensor, float]:
     """The loadings (D, k) and σ² that maximise Σᵢ E_qᵢ[log N(ℓ; b̃, W̃W̃ᵀ + σ²I)] on the clr
     subspace with the directions of ``loadings`` and ``bias`` kept.
 
     Parameters
     ----------
-    means, log_vars : torch.Tensor, shape (n, D)
-        The posteriors' means and log-variances (the component along 1 is ignored).
+    posteriors : iterable of (means, log_vars)
+        The posteriors in chunks, each a pair of (rows, D) tensors (the component along 1 is
+        ignored). Only sums over the samples are kept, so no chunk is copied into a whole.
     loadings : torch.Tensor, shape (D, k)
         W̃ (columns summing to zero): its left singular vectors are kept, its singular values
         replaced; its right singular vectors too, so the module's latent axes do not turn.
@@ -77,16 +78,20 @@ def variance_m_step(means: torch.Tensor, log_vars: torch.Tensor, loadings: torch
     (torch.Tensor, float)
         The new W̃ (float64) and σ².
     """
-    m = means.double()
-    m = m - m.mean(dim=1, keepdim=True)
-    centred = m - bias.double()
-    n, D = centred.shape
-    k = loadings.shape[1]
     U, _, Vt = torch.linalg.svd(loadings.double(), full_matrices=False)  # U (D, k), ⊥ 1
-    mean_var = log_vars.double().exp().mean(dim=0)  # (D,)
-    along = ((centred @ U) ** 2).mean(dim=0) + (U**2 * mean_var[:, None]).sum(dim=0)  # u_jᵀ S u_j
+    D, k = U.shape
+    n, along, scatter, var_sum = 0, torch.zeros(k, dtype=torch.float64), 0.0, 0.0
+    for means, log_vars in posteriors:
+        m = means.double()
+        centred = m - m.mean(dim=1, keepdim=True) - bias.double()
+        n += centred.shape[0]
+        along += ((centred @ U) ** 2).sum(dim=0)
+        scatter += float((centred**2).sum())
+        var_sum = var_sum + log_vars.double().exp().sum(dim=0)  # (D,)
+    mean_var = var_sum / n
+    along = along / n + (U**2 * mean_var[:, None]).sum(dim=0)  # u_jᵀ S u_j
     # tr S on the clr subspace: the scatter (rows already centred) and tr(P diag(v̄) P)
-    trace = (centred**2).sum() / n + mean_var.sum() * (1.0 - 1.0 / D)
+    trace = scatter / n + float(mean_var.sum()) * (1.0 - 1.0 / D)
     sigma2 = float((trace - along.sum()) / (D - 1 - k))
     scales = torch.sqrt(torch.clamp(along - sigma2, min=0.0))
     return (U * scales) @ Vt, sigma2
@@ -101,7 +106,7 @@ def _set_variances(module, loadings: torch.Tensor, sigma2: float) -> None:
 def polish_decoder(module, read_rows, n_train: int, validate, *, seed: int,
                    iterations: int = POLISH_ITERATIONS, steps: int = POLISH_STEPS,
                    learning_rate: float = POLISH_LEARNING_RATE,
-                   max_entries: int = MAX_ENTRIES, rng: np.random.Generator | None = None) -> dict:
+                   max_entries: int = MAX_ENTRIES) -> dict:
     """Run the polish on a fitted ``marginal`` module in place and return what it did.
 
     Parameters
@@ -128,9 +133,8 @@ def polish_decoder(module, read_rows, n_train: int, validate, *, seed: int,
     device = module.loadings_raw.device
     D = module.config.n_features
     rows = int(min(n_train, MAX_SAMPLES, max(1, max_entries // D)))
-    rng = np.random.default_rng(seed) if rng is None else rng
-    subset = np.sort(rng.choice(n_train, size=rows, replace=False)) if rows < n_train \
-        else np.arange(n_train)
+    subset = (np.sort(np.random.default_rng(seed).choice(n_train, size=rows, replace=False))
+              if rows < n_train else np.arange(n_train))
     generator = torch.Generator(device=device).manual_seed(seed)
     sets = []
     for batch in CountData(read_rows(subset), device, sparse=False).chunks(CHUNK_ROWS):
@@ -151,8 +155,7 @@ def polish_decoder(module, read_rows, n_train: int, validate, *, seed: int,
     best_state, kept = trained, 0
     for it in range(1, int(iterations) + 1):
         with torch.no_grad():
-            loadings, s2 = variance_m_step(torch.cat([s.mean.detach() for s in sets]),
-                                           torch.cat([s.log_var.detach() for s in sets]),
+            loadings, s2 = variance_m_step(((s.mean, s.log_var) for s in sets),
                                            module.loadings, module.bias)
         _set_variances(module, loadings, s2)
         scores.append(float(validate(module)))
